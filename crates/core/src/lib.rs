@@ -1,0 +1,17 @@
+//! The sans-IO heart of InstaConnect.
+//!
+//! `core` holds the logic every device runs, with no IO of its own: it never reads the clock
+//! (callers pass `now_ms`), never touches the network or files (callers pass bytes and a
+//! [`Store`](instaconnect_store::Store)), and never spawns. The `instaconnect` binary and the
+//! simulator run this same code.
+//!
+//! - [`phone`], [`vcard`], [`csv_import`], [`picture`]: validation of what users type and import.
+//! - [`book`]: the account, profile, address book, blocks, groups and privacy settings.
+//! - [`export`]: the documented JSON export of a whole account.
+
+pub mod book;
+pub mod csv_import;
+pub mod export;
+pub mod phone;
+pub mod picture;
+pub mod vcard;

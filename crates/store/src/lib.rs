@@ -1,0 +1,89 @@
+//! The device's local database.
+//!
+//! [`Store`] is a typed view of everything a device keeps: the account, profile, settings,
+//! contacts, blocks and groups (messages, outbox, sessions and relay mailboxes join as the
+//! protocol lands). Writes go through [`Store::apply`], which takes a batch of [`Op`]s and makes
+//! them durable atomically before it returns: a command that reports success has been flushed,
+//! and a command that fails has written nothing.
+//!
+//! Two implementations share one behaviour: [`SledStore`] on disk and [`MemStore`] in memory
+//! (for the simulator and tests). A property test drives both with the same random operations.
+
+mod mem;
+mod sled_store;
+
+pub use mem::MemStore;
+pub use sled_store::SledStore;
+
+use instaconnect_wire::records::{
+    AccountRecord, BlockRecord, ContactRecord, GroupId, GroupRecord, Profile, Settings,
+};
+use instaconnect_wire::WireError;
+
+/// One write. A batch of them is applied all-or-nothing.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    PutAccount(AccountRecord),
+    PutProfile(Profile),
+    PutSettings(Settings),
+    PutContact(ContactRecord),
+    /// Removes the contact with this E.164 number (no-op if absent).
+    RemoveContact(String),
+    PutBlock(BlockRecord),
+    /// Unblocks this E.164 number (no-op if not blocked).
+    RemoveBlock(String),
+    PutGroup(GroupRecord),
+    RemoveGroup(GroupId),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "the database at {path} has schema version {found}, newer than this build supports ({supported}); upgrade InstaConnect"
+    )]
+    NewerSchema {
+        path: String,
+        found: u32,
+        supported: u32,
+    },
+    #[error(
+        "the database at {path} has data but no schema version; it was not written by InstaConnect"
+    )]
+    Unversioned { path: String },
+    #[error(
+        "the database at {path} is in use by another process (is `instaconnect run` running?)"
+    )]
+    Locked { path: String },
+    #[error("database error: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("corrupt record {key}: {source}")]
+    Corrupt {
+        key: String,
+        #[source]
+        source: WireError,
+    },
+    #[error("could not encode a record: {0}")]
+    Encode(WireError),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// A typed, durable store. All reads see the last applied batch.
+pub trait Store: Send + Sync {
+    fn account(&self) -> Result<Option<AccountRecord>>;
+    /// The profile, or an empty one if none was set.
+    fn profile(&self) -> Result<Profile>;
+    /// The settings, or the defaults if none were set.
+    fn settings(&self) -> Result<Settings>;
+    fn contact(&self, phone: &str) -> Result<Option<ContactRecord>>;
+    /// All contacts, ordered by phone number.
+    fn contacts(&self) -> Result<Vec<ContactRecord>>;
+    fn block(&self, phone: &str) -> Result<Option<BlockRecord>>;
+    /// All blocks, ordered by phone number.
+    fn blocks(&self) -> Result<Vec<BlockRecord>>;
+    fn group(&self, id: &GroupId) -> Result<Option<GroupRecord>>;
+    /// All groups, ordered by id.
+    fn groups(&self) -> Result<Vec<GroupRecord>>;
+    /// Applies the batch atomically and durably (flushed before returning).
+    fn apply(&self, ops: Vec<Op>) -> Result<()>;
+}

@@ -1,0 +1,182 @@
+use std::path::{Path, PathBuf};
+
+use instaconnect_wire::records::{
+    AccountRecord, BlockRecord, ContactRecord, GroupId, GroupRecord, Profile, Settings,
+};
+use instaconnect_wire::{decode, encode, SCHEMA_VERSION};
+use serde::de::DeserializeOwned;
+
+use crate::{Op, Result, Store, StoreError};
+
+// Key layout of the default tree. One tree keeps every batch atomic with `apply_batch`.
+const KEY_SCHEMA: &[u8] = b"meta/schema";
+const KEY_ACCOUNT: &[u8] = b"account";
+const KEY_PROFILE: &[u8] = b"profile";
+const KEY_SETTINGS: &[u8] = b"settings";
+const PREFIX_CONTACT: &[u8] = b"contact/";
+const PREFIX_BLOCK: &[u8] = b"block/";
+const PREFIX_GROUP: &[u8] = b"group/";
+
+/// The on-disk [`Store`], a sled database in one directory.
+pub struct SledStore {
+    db: sled::Db,
+    path: PathBuf,
+}
+
+fn key(prefix: &[u8], id: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(prefix.len() + id.len());
+    k.extend_from_slice(prefix);
+    k.extend_from_slice(id);
+    k
+}
+
+impl SledStore {
+    /// Opens (or creates) the database in `dir`. A database written by a newer schema is refused
+    /// without writing anything.
+    pub fn open(dir: &Path) -> Result<SledStore> {
+        let path = dir.display().to_string();
+        let db = sled::Config::new().path(dir).open().map_err(|e| match e {
+            sled::Error::Io(ref io) if io.kind() == std::io::ErrorKind::WouldBlock => {
+                StoreError::Locked { path: path.clone() }
+            }
+            sled::Error::Io(ref io) if io.to_string().contains("lock") => {
+                StoreError::Locked { path: path.clone() }
+            }
+            other => StoreError::Sled(other),
+        })?;
+        match db.get(KEY_SCHEMA)? {
+            Some(v) => {
+                let found: u32 = decode(&v).map_err(|source| StoreError::Corrupt {
+                    key: "meta/schema".into(),
+                    source,
+                })?;
+                if found > SCHEMA_VERSION {
+                    return Err(StoreError::NewerSchema {
+                        path,
+                        found,
+                        supported: SCHEMA_VERSION,
+                    });
+                }
+                // Migrations from older schema versions go here, each a batch, in order.
+            }
+            None => {
+                if !db.is_empty() {
+                    return Err(StoreError::Unversioned { path });
+                }
+                db.insert(
+                    KEY_SCHEMA,
+                    encode(&SCHEMA_VERSION).map_err(StoreError::Encode)?,
+                )?;
+                db.flush()?;
+            }
+        }
+        Ok(SledStore {
+            db,
+            path: dir.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The schema version recorded in the database.
+    pub fn schema_version(&self) -> Result<u32> {
+        self.get(KEY_SCHEMA)
+            .map(|v: Option<u32>| v.unwrap_or(SCHEMA_VERSION))
+    }
+
+    /// Writes a schema version (for migration tests).
+    #[doc(hidden)]
+    pub fn force_schema_version(&self, v: u32) -> Result<()> {
+        self.db
+            .insert(KEY_SCHEMA, encode(&v).map_err(StoreError::Encode)?)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn get<T: DeserializeOwned>(&self, k: &[u8]) -> Result<Option<T>> {
+        match self.db.get(k)? {
+            None => Ok(None),
+            Some(v) => decode(&v).map(Some).map_err(|source| StoreError::Corrupt {
+                key: String::from_utf8_lossy(k).into_owned(),
+                source,
+            }),
+        }
+    }
+
+    fn scan<T: DeserializeOwned>(&self, prefix: &[u8]) -> Result<Vec<T>> {
+        self.db
+            .scan_prefix(prefix)
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode(&v).map_err(|source| StoreError::Corrupt {
+                    key: String::from_utf8_lossy(&k).into_owned(),
+                    source,
+                })
+            })
+            .collect()
+    }
+}
+
+fn enc<T: serde::Serialize>(v: &T) -> Result<Vec<u8>> {
+    encode(v).map_err(StoreError::Encode)
+}
+
+impl Store for SledStore {
+    fn account(&self) -> Result<Option<AccountRecord>> {
+        self.get(KEY_ACCOUNT)
+    }
+
+    fn profile(&self) -> Result<Profile> {
+        Ok(self.get(KEY_PROFILE)?.unwrap_or_default())
+    }
+
+    fn settings(&self) -> Result<Settings> {
+        Ok(self.get(KEY_SETTINGS)?.unwrap_or_default())
+    }
+
+    fn contact(&self, phone: &str) -> Result<Option<ContactRecord>> {
+        self.get(&key(PREFIX_CONTACT, phone.as_bytes()))
+    }
+
+    fn contacts(&self) -> Result<Vec<ContactRecord>> {
+        self.scan(PREFIX_CONTACT)
+    }
+
+    fn block(&self, phone: &str) -> Result<Option<BlockRecord>> {
+        self.get(&key(PREFIX_BLOCK, phone.as_bytes()))
+    }
+
+    fn blocks(&self) -> Result<Vec<BlockRecord>> {
+        self.scan(PREFIX_BLOCK)
+    }
+
+    fn group(&self, id: &GroupId) -> Result<Option<GroupRecord>> {
+        self.get(&key(PREFIX_GROUP, &id.0))
+    }
+
+    fn groups(&self) -> Result<Vec<GroupRecord>> {
+        self.scan(PREFIX_GROUP)
+    }
+
+    fn apply(&self, ops: Vec<Op>) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for op in &ops {
+            match op {
+                Op::PutAccount(a) => batch.insert(KEY_ACCOUNT, enc(a)?),
+                Op::PutProfile(p) => batch.insert(KEY_PROFILE, enc(p)?),
+                Op::PutSettings(s) => batch.insert(KEY_SETTINGS, enc(s)?),
+                Op::PutContact(c) => batch.insert(key(PREFIX_CONTACT, c.phone.as_bytes()), enc(c)?),
+                Op::RemoveContact(p) => batch.remove(key(PREFIX_CONTACT, p.as_bytes())),
+                Op::PutBlock(b) => batch.insert(key(PREFIX_BLOCK, b.phone.as_bytes()), enc(b)?),
+                Op::RemoveBlock(p) => batch.remove(key(PREFIX_BLOCK, p.as_bytes())),
+                Op::PutGroup(g) => batch.insert(key(PREFIX_GROUP, &g.id.0), enc(g)?),
+                Op::RemoveGroup(id) => batch.remove(key(PREFIX_GROUP, &id.0)),
+            }
+        }
+        self.db.apply_batch(batch)?;
+        self.db.flush()?;
+        Ok(())
+    }
+}

@@ -1,0 +1,199 @@
+//! The sled store and the in-memory store, driven by the same random operations, must agree with
+//! a plain model after every batch and after the sled database is closed and reopened.
+
+use instaconnect_store::{MemStore, Op, SledStore, Store};
+use instaconnect_wire::records::*;
+use instaconnect_wire::SecretBytes;
+use proptest::prelude::*;
+
+fn phone() -> impl Strategy<Value = String> {
+    // A small domain so that puts, overwrites and removes hit the same keys.
+    (0u8..6).prop_map(|i| format!("+9198123456{i:02}"))
+}
+
+fn visibility() -> impl Strategy<Value = Visibility> {
+    prop_oneof![
+        Just(Visibility::Everyone),
+        Just(Visibility::Contacts),
+        Just(Visibility::Nobody)
+    ]
+}
+
+fn group_id() -> impl Strategy<Value = GroupId> {
+    (0u8..4).prop_map(|i| GroupId([i; 16]))
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (phone(), any::<u64>()).prop_map(|(phone, t)| Op::PutAccount(AccountRecord {
+            phone,
+            identity_secret: SecretBytes::new(vec![7; 32]),
+            device_pickle: SecretBytes::new(vec![9; 40]),
+            created_at_ms: t,
+        })),
+        (".{0,12}", ".{0,12}", any::<u64>()).prop_map(|(name, status, t)| Op::PutProfile(
+            Profile {
+                name,
+                status,
+                picture: None,
+                updated_at_ms: t
+            }
+        )),
+        (proptest::option::of("[A-Z]{2}"), visibility(), visibility()).prop_map(
+            |(region, a, b)| Op::PutSettings(Settings {
+                region,
+                privacy: Privacy {
+                    phone: a,
+                    receipts: b,
+                    ..Privacy::default()
+                }
+            })
+        ),
+        (phone(), proptest::option::of("[a-z]{1,8}"), any::<u64>()).prop_map(|(phone, name, t)| {
+            Op::PutContact(ContactRecord {
+                phone,
+                name,
+                peer_id: None,
+                added_at_ms: t,
+                updated_at_ms: t,
+            })
+        }),
+        phone().prop_map(Op::RemoveContact),
+        (phone(), any::<u64>())
+            .prop_map(|(phone, since_ms)| Op::PutBlock(BlockRecord { phone, since_ms })),
+        phone().prop_map(Op::RemoveBlock),
+        (
+            group_id(),
+            "[a-z]{1,8}",
+            proptest::collection::vec(phone(), 0..4),
+            any::<bool>()
+        )
+            .prop_map(|(id, name, ms, left)| Op::PutGroup(GroupRecord {
+                id,
+                name,
+                members: ms
+                    .into_iter()
+                    .map(|phone| GroupMember {
+                        phone,
+                        role: Role::Member
+                    })
+                    .collect(),
+                created_at_ms: 1,
+                updated_at_ms: 2,
+                left,
+            })),
+        group_id().prop_map(Op::RemoveGroup),
+    ]
+}
+
+fn snapshot(s: &dyn Store) -> String {
+    format!(
+        "{:?}\n{:?}\n{:?}\n{:?}\n{:?}\n{:?}",
+        s.account().unwrap(),
+        s.profile().unwrap(),
+        s.settings().unwrap(),
+        s.contacts().unwrap(),
+        s.blocks().unwrap(),
+        s.groups().unwrap()
+    )
+}
+
+fn check_point_reads(s: &dyn Store, model: &MemStore) {
+    for i in 0u8..6 {
+        let p = format!("+9198123456{i:02}");
+        assert_eq!(s.contact(&p).unwrap(), model.contact(&p).unwrap());
+        assert_eq!(s.block(&p).unwrap(), model.block(&p).unwrap());
+    }
+    for i in 0u8..4 {
+        let id = GroupId([i; 16]);
+        assert_eq!(s.group(&id).unwrap(), model.group(&id).unwrap());
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+    #[test]
+    fn sled_store_matches_model(batches in proptest::collection::vec(proptest::collection::vec(op(), 0..5), 1..12)) {
+        let dir = tempfile::tempdir().unwrap();
+        let model = MemStore::new();
+        {
+            let sled = SledStore::open(dir.path()).unwrap();
+            for batch in &batches {
+                sled.apply(batch.clone()).unwrap();
+                model.apply(batch.clone()).unwrap();
+                prop_assert_eq!(snapshot(&sled), snapshot(&model));
+                check_point_reads(&sled, &model);
+            }
+        }
+        // Everything applied survives a close and reopen.
+        let reopened = SledStore::open(dir.path()).unwrap();
+        prop_assert_eq!(snapshot(&reopened), snapshot(&model));
+    }
+}
+
+#[test]
+fn newer_schema_is_refused_and_nothing_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = SledStore::open(dir.path()).unwrap();
+        s.apply(vec![Op::PutProfile(Profile {
+            name: "Asha".into(),
+            ..Profile::default()
+        })])
+        .unwrap();
+        s.force_schema_version(instaconnect_wire::SCHEMA_VERSION + 1)
+            .unwrap();
+    }
+    let err = SledStore::open(dir.path())
+        .err()
+        .expect("newer schema must be refused");
+    let msg = err.to_string();
+    assert!(msg.contains("newer than this build supports"), "{msg}");
+    // Still the newer version and the old data: opening wrote nothing.
+    let db = sled::open(dir.path()).unwrap();
+    let v: u32 = instaconnect_wire::decode(&db.get(b"meta/schema").unwrap().unwrap()).unwrap();
+    assert_eq!(v, instaconnect_wire::SCHEMA_VERSION + 1);
+    assert!(db.get(b"profile").unwrap().is_some());
+}
+
+#[test]
+fn a_foreign_sled_database_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = sled::open(dir.path()).unwrap();
+        db.insert(b"something", b"else").unwrap();
+        db.flush().unwrap();
+    }
+    let err = SledStore::open(dir.path()).err().expect("must refuse");
+    assert!(err.to_string().contains("no schema version"), "{err}");
+}
+
+#[test]
+fn a_corrupt_record_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = SledStore::open(dir.path()).unwrap();
+        drop(s);
+        let db = sled::open(dir.path()).unwrap();
+        db.insert(b"contact/+919812345600", &[0xff, 0xff, 0xff][..])
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let s = SledStore::open(dir.path()).unwrap();
+    let err = s.contacts().unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("corrupt record contact/+919812345600"),
+        "{err}"
+    );
+}
+
+#[test]
+fn schema_version_is_recorded_on_create() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SledStore::open(dir.path()).unwrap();
+    assert_eq!(
+        s.schema_version().unwrap(),
+        instaconnect_wire::SCHEMA_VERSION
+    );
+}

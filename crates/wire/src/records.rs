@@ -1,0 +1,173 @@
+//! Records the store keeps on disk. Phone numbers are E.164 strings validated by `core` before
+//! they get here; timestamps are unix milliseconds supplied by the caller.
+
+use serde::{Deserialize, Serialize};
+
+use crate::secret::serde_bytes_compat;
+use crate::SecretBytes;
+
+/// The device's own account: who we are and our secret keys.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountRecord {
+    /// E.164 phone number the account was created with.
+    pub phone: String,
+    /// 32-byte Ed25519 seed of the account identity (its public key is the libp2p PeerId).
+    pub identity_secret: SecretBytes,
+    /// This device's ratchet account (vodozemac Olm), pickled by `crypto`.
+    pub device_pickle: SecretBytes,
+    pub created_at_ms: u64,
+}
+
+/// What the user shows others, subject to [`Privacy`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Profile {
+    pub name: String,
+    pub status: String,
+    pub picture: Option<PictureRecord>,
+    pub updated_at_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ImageFormat {
+    Png,
+    Jpeg,
+    Webp,
+}
+
+impl ImageFormat {
+    pub fn mime(self) -> &'static str {
+        match self {
+            ImageFormat::Png => "image/png",
+            ImageFormat::Jpeg => "image/jpeg",
+            ImageFormat::Webp => "image/webp",
+        }
+    }
+}
+
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PictureRecord {
+    pub format: ImageFormat,
+    pub width: u32,
+    pub height: u32,
+    #[serde(with = "serde_bytes_compat")]
+    pub bytes: Vec<u8>,
+    #[serde(with = "serde_bytes_compat")]
+    pub thumbnail_png: Vec<u8>,
+}
+
+impl std::fmt::Debug for PictureRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PictureRecord")
+            .field("format", &self.format)
+            .field("width", &self.width)
+            .field("height", &self.height)
+            .field("bytes", &self.bytes.len())
+            .field("thumbnail_png", &self.thumbnail_png.len())
+            .finish()
+    }
+}
+
+/// An entry of the address book, keyed by its E.164 phone number.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContactRecord {
+    pub phone: String,
+    pub name: Option<String>,
+    /// The contact's device, once linked (`contacts add --peer`, an invite, or discovery).
+    pub peer_id: Option<String>,
+    pub added_at_ms: u64,
+    pub updated_at_ms: u64,
+}
+
+/// A blocked phone number (a contact or not).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockRecord {
+    pub phone: String,
+    pub since_ms: u64,
+}
+
+/// A 128-bit random group id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct GroupId(pub [u8; 16]);
+
+impl GroupId {
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    pub fn from_hex(s: &str) -> Option<GroupId> {
+        if s.len() != 32 || !s.is_ascii() {
+            return None;
+        }
+        let mut out = [0u8; 16];
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(GroupId(out))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    Admin,
+    Member,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupMember {
+    /// E.164; the account's own number is a member too.
+    pub phone: String,
+    pub role: Role,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupRecord {
+    pub id: GroupId,
+    pub name: String,
+    pub members: Vec<GroupMember>,
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
+    /// We left the group: it stays for its history but can no longer be changed or sent to.
+    pub left: bool,
+}
+
+/// Who may see one field of ours.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Visibility {
+    Everyone,
+    Contacts,
+    Nobody,
+}
+
+/// Per-field visibility, enforced by the node that owns the data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Privacy {
+    pub phone: Visibility,
+    pub name: Visibility,
+    pub picture: Visibility,
+    pub status: Visibility,
+    pub online: Visibility,
+    pub receipts: Visibility,
+    pub location: Visibility,
+}
+
+impl Default for Privacy {
+    /// The defaults of a mainstream messenger.
+    fn default() -> Self {
+        Privacy {
+            phone: Visibility::Contacts,
+            name: Visibility::Everyone,
+            picture: Visibility::Everyone,
+            status: Visibility::Everyone,
+            online: Visibility::Contacts,
+            receipts: Visibility::Contacts,
+            location: Visibility::Nobody,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Settings {
+    /// ISO 3166 region used to read national phone numbers (`--region`).
+    pub region: Option<String>,
+    pub privacy: Privacy,
+}

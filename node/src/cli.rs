@@ -1,0 +1,748 @@
+//! The command line: argument parsing and one function per command.
+
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, Context};
+use clap::{Args, Parser, Subcommand};
+use instaconnect_core::book::{
+    privacy_get, visibility_str, Book, ImportEntry, ImportSummary, PRIVACY_FIELDS,
+};
+use instaconnect_core::export::{role_str, GroupOut};
+use instaconnect_core::phone::{Phone, Region};
+use instaconnect_store::SledStore;
+use instaconnect_wire::records::{GroupId, GroupRecord, Role};
+use serde_json::json;
+
+use crate::home::Home;
+use crate::output::{self, table, time};
+use crate::{usage, Failure};
+
+/// Largest contacts file `contacts import` reads.
+const MAX_IMPORT_BYTES: u64 = 32 * 1024 * 1024;
+/// Largest file `profile set --picture` reads (the picture limit itself is checked by content).
+const MAX_PICTURE_FILE_BYTES: u64 = 64 * 1024 * 1024;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "instaconnect",
+    version,
+    about = "InstaConnect Mesh: a peer-to-peer messenger with no server that can read anything",
+    propagate_version = true
+)]
+pub struct Cli {
+    /// Data directory [default: $INSTACONNECT_HOME, else the platform data dir, e.g. ~/.local/share/instaconnect]
+    #[arg(long, global = true, value_name = "DIR")]
+    home: Option<PathBuf>,
+    /// Country (ISO 3166 code such as IN or US) for reading phone numbers without a country code; remembered in settings
+    #[arg(long, global = true, value_name = "CODE")]
+    region: Option<String>,
+    /// Print results as JSON
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Create and show the account
+    #[command(subcommand)]
+    Account(AccountCmd),
+    /// Your profile: name, status message and picture
+    #[command(subcommand)]
+    Profile(ProfileCmd),
+    /// Your address book
+    #[command(subcommand)]
+    Contacts(ContactsCmd),
+    /// Block a contact or number: their messages are dropped and they see nothing of you
+    Block {
+        /// Phone number or contact name
+        contact: String,
+    },
+    /// Unblock a contact or number
+    Unblock {
+        /// Phone number or contact name
+        contact: String,
+    },
+    /// List blocked numbers
+    Blocked,
+    /// Groups of contacts
+    #[command(subcommand)]
+    Groups(GroupsCmd),
+    /// Who sees your phone, name, picture, status, online state, receipts and location
+    #[command(subcommand)]
+    Privacy(PrivacyCmd),
+    /// Export the whole account as one JSON file
+    Export {
+        /// Write to FILE instead of standard output
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Include the secret keys (keep such a file safe)
+        #[arg(long)]
+        include_keys: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AccountCmd {
+    /// Create the account on this device
+    Create {
+        /// Your mobile number in E.164, such as +919812345678
+        #[arg(long)]
+        phone: String,
+        /// Your profile name
+        #[arg(long)]
+        name: String,
+    },
+    /// Show the account: phone, name, status, peer id and key fingerprint
+    Show,
+}
+
+#[derive(Subcommand, Debug)]
+enum ProfileCmd {
+    /// Change profile fields
+    Set(ProfileSet),
+    /// Show your profile
+    Show,
+}
+
+#[derive(Args, Debug)]
+struct ProfileSet {
+    #[arg(long)]
+    name: Option<String>,
+    /// Status message (empty to clear)
+    #[arg(long)]
+    status: Option<String>,
+    /// Profile picture: PNG, JPEG or WebP, at most 5 MiB
+    #[arg(long, value_name = "FILE", conflicts_with = "remove_picture")]
+    picture: Option<PathBuf>,
+    /// Remove the profile picture
+    #[arg(long)]
+    remove_picture: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum ContactsCmd {
+    /// Add a contact, or rename an existing one
+    Add {
+        /// Phone number (E.164, or national with --region)
+        phone: String,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Import contacts from a vCard (.vcf, 3.0 or 4.0) or CSV (header name,phone) file
+    Import {
+        file: PathBuf,
+        /// File format [default: from the content]
+        #[arg(long, value_parser = ["vcard", "csv"])]
+        format: Option<String>,
+    },
+    /// List contacts
+    List,
+    /// Remove a contact
+    Remove {
+        /// Phone number or contact name
+        contact: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum GroupsCmd {
+    /// Create a group of contacts, with you as its admin
+    Create {
+        name: String,
+        /// Contacts (phone numbers or names), comma separated
+        #[arg(long, value_delimiter = ',', required = true, num_args = 1..)]
+        members: Vec<String>,
+    },
+    /// Add contacts to a group (admins only)
+    Add {
+        group: String,
+        #[arg(required = true, value_delimiter = ',')]
+        members: Vec<String>,
+    },
+    /// Remove members from a group (admins only)
+    Remove {
+        group: String,
+        #[arg(required = true, value_delimiter = ',')]
+        members: Vec<String>,
+    },
+    /// Make a member an admin (admins only)
+    Promote { group: String, member: String },
+    /// Make an admin a plain member (admins only)
+    Demote { group: String, member: String },
+    /// Rename a group
+    Rename { group: String, name: String },
+    /// Leave a group
+    Leave { group: String },
+    /// List groups
+    List,
+    /// Show a group and its members
+    Show { group: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum PrivacyCmd {
+    /// Set who sees a field: phone, name, picture, status, online, receipts or location
+    Set {
+        field: String,
+        /// everyone, contacts or nobody
+        level: String,
+    },
+    /// Show the privacy settings
+    Show,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+struct Ctx {
+    home: Home,
+    region: Option<Region>,
+    json: bool,
+}
+
+impl Ctx {
+    /// Opens the store; remembers an explicitly given `--region`.
+    fn open(&self) -> Result<SledStore, Failure> {
+        let store = self.home.open_existing()?;
+        if let Some(r) = &self.region {
+            Book::new(&store).set_region(r)?;
+        }
+        Ok(store)
+    }
+}
+
+pub fn run(cli: Cli) -> Result<(), Failure> {
+    let region = cli
+        .region
+        .as_deref()
+        .map(Region::parse)
+        .transpose()
+        .map_err(usage)?;
+    let ctx = Ctx {
+        home: Home::resolve(cli.home)?,
+        region,
+        json: cli.json,
+    };
+    match cli.cmd {
+        Cmd::Account(AccountCmd::Create { phone, name }) => account_create(&ctx, &phone, &name),
+        Cmd::Account(AccountCmd::Show) => account_show(&ctx),
+        Cmd::Profile(ProfileCmd::Set(set)) => profile_set(&ctx, set),
+        Cmd::Profile(ProfileCmd::Show) => profile_show(&ctx),
+        Cmd::Contacts(c) => contacts(&ctx, c),
+        Cmd::Block { contact } => {
+            let store = ctx.open()?;
+            let b = Book::new(&store).block(&contact, ctx.region.as_ref(), now_ms())?;
+            if ctx.json {
+                output::json(&json!({"blocked": b.phone, "since_ms": b.since_ms}))?;
+            } else {
+                println!("blocked {}", b.phone);
+            }
+            Ok(())
+        }
+        Cmd::Unblock { contact } => {
+            let store = ctx.open()?;
+            let b = Book::new(&store).unblock(&contact, ctx.region.as_ref())?;
+            if ctx.json {
+                output::json(&json!({"unblocked": b.phone}))?;
+            } else {
+                println!("unblocked {}", b.phone);
+            }
+            Ok(())
+        }
+        Cmd::Blocked => {
+            let store = ctx.open()?;
+            let book = Book::new(&store);
+            let blocks = book.blocks()?;
+            let contacts = store_contacts_by_phone(&book)?;
+            if ctx.json {
+                let v: Vec<_> = blocks
+                    .iter()
+                    .map(|b| {
+                        json!({"phone": b.phone, "name": contacts.get(&b.phone).cloned().flatten(), "since_ms": b.since_ms})
+                    })
+                    .collect();
+                output::json(&v)?;
+            } else if blocks.is_empty() {
+                println!("no one is blocked");
+            } else {
+                let rows: Vec<Vec<String>> = blocks
+                    .iter()
+                    .map(|b| {
+                        vec![
+                            b.phone.clone(),
+                            contacts
+                                .get(&b.phone)
+                                .cloned()
+                                .flatten()
+                                .unwrap_or_default(),
+                            time(b.since_ms),
+                        ]
+                    })
+                    .collect();
+                table(&["PHONE", "NAME", "SINCE"], &rows);
+            }
+            Ok(())
+        }
+        Cmd::Groups(g) => groups(&ctx, g),
+        Cmd::Privacy(p) => privacy(&ctx, p),
+        Cmd::Export { out, include_keys } => export(&ctx, out, include_keys),
+    }
+}
+
+fn store_contacts_by_phone(
+    book: &Book<'_>,
+) -> Result<std::collections::BTreeMap<String, Option<String>>, Failure> {
+    Ok(book
+        .contacts()?
+        .into_iter()
+        .map(|c| (c.phone, c.name))
+        .collect())
+}
+
+fn account_create(ctx: &Ctx, phone: &str, name: &str) -> Result<(), Failure> {
+    let phone = Phone::parse(phone, ctx.region.as_ref()).map_err(usage)?;
+    // Validate before touching the disk, so bad input creates nothing.
+    if name.trim().is_empty() {
+        return Err(usage(anyhow!("name must not be empty")));
+    }
+    if ctx.home.db_path().exists() {
+        let store = ctx.home.open_existing()?;
+        if let Some(a) = instaconnect_store::Store::account(&store)? {
+            return Err(Failure::Failed(anyhow!(
+                "an account already exists in {} for {}; nothing was changed",
+                ctx.home.dir.display(),
+                a.phone
+            )));
+        }
+    }
+    let store = ctx.home.open_or_create()?;
+    let book = Book::new(&store);
+    book.create_account(&phone, name, ctx.region.as_ref(), now_ms())?;
+    let keys = book.keys()?;
+    let public = keys.identity.public();
+    if ctx.json {
+        output::json(&json!({
+            "phone": phone.as_str(),
+            "name": name.trim(),
+            "peer_id": public.peer_id(),
+            "fingerprint": public.fingerprint(),
+            "home": ctx.home.dir,
+        }))?;
+    } else {
+        println!("created account {} ({})", phone, name.trim());
+        println!("peer id:     {}", public.peer_id());
+        println!("fingerprint: {}", public.fingerprint());
+        println!("data dir:    {}", ctx.home.dir.display());
+    }
+    Ok(())
+}
+
+fn account_show(ctx: &Ctx) -> Result<(), Failure> {
+    let store = ctx.open()?;
+    let book = Book::new(&store);
+    let account = book.account()?;
+    let profile = book.profile()?;
+    let keys = book.keys()?;
+    let public = keys.identity.public();
+    let region = book.region(None)?;
+    if ctx.json {
+        output::json(&json!({
+            "phone": account.phone,
+            "name": profile.name,
+            "status": profile.status,
+            "peer_id": public.peer_id(),
+            "fingerprint": public.fingerprint(),
+            "region": region.map(|r| r.to_string()),
+            "created_at_ms": account.created_at_ms,
+        }))?;
+    } else {
+        println!("phone:       {}", account.phone);
+        println!("name:        {}", profile.name);
+        println!("status:      {}", profile.status);
+        println!("peer id:     {}", public.peer_id());
+        println!("fingerprint: {}", public.fingerprint());
+        if let Some(r) = region {
+            println!("region:      {r}");
+        }
+        println!("created:     {}", time(account.created_at_ms));
+    }
+    Ok(())
+}
+
+fn read_limited(path: &PathBuf, limit: u64, what: &str) -> Result<Vec<u8>, Failure> {
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("cannot read {what} {}", path.display()))
+        .map_err(usage)?;
+    if !meta.is_file() {
+        return Err(usage(anyhow!("{what} {} is not a file", path.display())));
+    }
+    if meta.len() > limit {
+        return Err(usage(anyhow!(
+            "{what} {} is too large: {} bytes (at most {limit})",
+            path.display(),
+            meta.len()
+        )));
+    }
+    std::fs::read(path)
+        .with_context(|| format!("cannot read {what} {}", path.display()))
+        .map_err(usage)
+}
+
+fn profile_set(ctx: &Ctx, set: ProfileSet) -> Result<(), Failure> {
+    if set.name.is_none() && set.status.is_none() && set.picture.is_none() && !set.remove_picture {
+        return Err(usage(anyhow!(
+            "nothing to change (expected --name, --status, --picture or --remove-picture)"
+        )));
+    }
+    let picture = match (&set.picture, set.remove_picture) {
+        (Some(p), _) => Some(Some(read_limited(p, MAX_PICTURE_FILE_BYTES, "picture")?)),
+        (None, true) => Some(None),
+        (None, false) => None,
+    };
+    let store = ctx.open()?;
+    let p = Book::new(&store).set_profile(
+        set.name.as_deref(),
+        set.status.as_deref(),
+        picture,
+        now_ms(),
+    )?;
+    print_profile(ctx, &p)
+}
+
+fn profile_show(ctx: &Ctx) -> Result<(), Failure> {
+    let store = ctx.open()?;
+    let p = Book::new(&store).profile()?;
+    print_profile(ctx, &p)
+}
+
+fn print_profile(ctx: &Ctx, p: &instaconnect_wire::records::Profile) -> Result<(), Failure> {
+    if ctx.json {
+        output::json(&json!({
+            "name": p.name,
+            "status": p.status,
+            "picture": p.picture.as_ref().map(|pic| json!({
+                "mime": pic.format.mime(),
+                "width": pic.width,
+                "height": pic.height,
+                "bytes": pic.bytes.len(),
+                "thumbnail_bytes": pic.thumbnail_png.len(),
+            })),
+            "updated_at_ms": p.updated_at_ms,
+        }))?;
+    } else {
+        println!("name:    {}", p.name);
+        println!("status:  {}", p.status);
+        match &p.picture {
+            Some(pic) => println!(
+                "picture: {} {}x{} ({} bytes, thumbnail {} bytes)",
+                pic.format.mime(),
+                pic.width,
+                pic.height,
+                pic.bytes.len(),
+                pic.thumbnail_png.len()
+            ),
+            None => println!("picture: none"),
+        }
+    }
+    Ok(())
+}
+
+fn contacts(ctx: &Ctx, cmd: ContactsCmd) -> Result<(), Failure> {
+    match cmd {
+        ContactsCmd::Add { phone, name } => {
+            let store = ctx.open()?;
+            let book = Book::new(&store);
+            let region = book.region(ctx.region.as_ref())?;
+            let phone = Phone::parse(&phone, region.as_ref()).map_err(usage)?;
+            let (c, new) = book.add_contact(&phone, name.as_deref(), now_ms())?;
+            if ctx.json {
+                output::json(&json!({"phone": c.phone, "name": c.name, "added": new}))?;
+            } else {
+                let verb = if new { "added" } else { "updated" };
+                match &c.name {
+                    Some(n) => println!("{verb} {} ({n})", c.phone),
+                    None => println!("{verb} {}", c.phone),
+                }
+            }
+            Ok(())
+        }
+        ContactsCmd::Import { file, format } => {
+            let bytes = read_limited(&file, MAX_IMPORT_BYTES, "contacts file")?;
+            let text = String::from_utf8(bytes).map_err(|e| {
+                usage(anyhow!(
+                    "cannot import {}: not UTF-8 text (byte {}); expected a vCard (.vcf) or CSV file",
+                    file.display(),
+                    e.utf8_error().valid_up_to()
+                ))
+            })?;
+            let is_vcard = match format.as_deref() {
+                Some("vcard") => true,
+                Some(_) => false,
+                None => text
+                    .trim_start_matches('\u{feff}')
+                    .trim_start()
+                    .to_ascii_uppercase()
+                    .starts_with("BEGIN:VCARD"),
+            };
+            let entries = if is_vcard {
+                let parsed = instaconnect_core::vcard::parse_vcards(&text)
+                    .map_err(|e| usage(anyhow!("cannot import {}: {e}", file.display())))?;
+                ImportEntry::from_vcards(parsed)
+            } else {
+                let parsed = instaconnect_core::csv_import::parse_csv(&text)
+                    .map_err(|e| usage(anyhow!("cannot import {}: {e}", file.display())))?;
+                ImportEntry::from_csv(parsed)
+            };
+            let store = ctx.open()?;
+            let summary = Book::new(&store).import(entries, ctx.region.as_ref(), now_ms())?;
+            print_import(ctx, &summary)
+        }
+        ContactsCmd::List => {
+            let store = ctx.open()?;
+            let book = Book::new(&store);
+            let list = book.contacts()?;
+            let blocked: std::collections::BTreeSet<String> =
+                book.blocks()?.into_iter().map(|b| b.phone).collect();
+            if ctx.json {
+                let v: Vec<_> = list
+                    .iter()
+                    .map(|c| {
+                        json!({
+                            "phone": c.phone,
+                            "name": c.name,
+                            "peer_id": c.peer_id,
+                            "blocked": blocked.contains(&c.phone),
+                            "added_at_ms": c.added_at_ms,
+                        })
+                    })
+                    .collect();
+                output::json(&v)?;
+            } else if list.is_empty() {
+                println!("no contacts yet (add one with `instaconnect contacts add +919812345678 --name NAME`)");
+            } else {
+                let rows: Vec<Vec<String>> = list
+                    .iter()
+                    .map(|c| {
+                        vec![
+                            c.phone.clone(),
+                            c.name.clone().unwrap_or_default(),
+                            if blocked.contains(&c.phone) {
+                                "blocked"
+                            } else {
+                                ""
+                            }
+                            .to_string(),
+                        ]
+                    })
+                    .collect();
+                table(&["PHONE", "NAME", ""], &rows);
+            }
+            Ok(())
+        }
+        ContactsCmd::Remove { contact } => {
+            let store = ctx.open()?;
+            let c = Book::new(&store).remove_contact(&contact, ctx.region.as_ref())?;
+            if ctx.json {
+                output::json(&json!({"removed": c.phone}))?;
+            } else {
+                println!("removed {}", c.phone);
+            }
+            Ok(())
+        }
+    }
+}
+
+fn print_import(ctx: &Ctx, s: &ImportSummary) -> Result<(), Failure> {
+    if ctx.json {
+        output::json(s)?;
+        return Ok(());
+    }
+    println!(
+        "imported: {} added, {} updated, {} unchanged, {} merged duplicates, {} skipped",
+        s.added.len(),
+        s.updated.len(),
+        s.unchanged,
+        s.merged,
+        s.skipped.len()
+    );
+    for c in &s.added {
+        println!("  added   {} {}", c.phone, c.name.as_deref().unwrap_or(""));
+    }
+    for c in &s.updated {
+        println!("  updated {} {}", c.phone, c.name.as_deref().unwrap_or(""));
+    }
+    for k in &s.skipped {
+        println!("  skipped line {}: {}", k.line, k.reason);
+    }
+    Ok(())
+}
+
+fn new_group_id() -> GroupId {
+    GroupId(rand::random())
+}
+
+fn groups(ctx: &Ctx, cmd: GroupsCmd) -> Result<(), Failure> {
+    let store = ctx.open()?;
+    let book = Book::new(&store);
+    let r = ctx.region.as_ref();
+    let now = now_ms();
+    let g = match cmd {
+        GroupsCmd::Create { name, members } => {
+            book.create_group(&name, &members, r, new_group_id(), now)?
+        }
+        GroupsCmd::Add { group, members } => book.add_members(&group, &members, r, now)?,
+        GroupsCmd::Remove { group, members } => book.remove_members(&group, &members, r, now)?,
+        GroupsCmd::Promote { group, member } => {
+            book.set_role(&group, &member, Role::Admin, r, now)?
+        }
+        GroupsCmd::Demote { group, member } => {
+            book.set_role(&group, &member, Role::Member, r, now)?
+        }
+        GroupsCmd::Rename { group, name } => book.rename_group(&group, &name, now)?,
+        GroupsCmd::Leave { group } => book.leave_group(&group, now)?,
+        GroupsCmd::Show { group } => book.resolve_group(&group)?,
+        GroupsCmd::List => {
+            let list = book.groups()?;
+            if ctx.json {
+                let v: Vec<GroupOut> = list.iter().map(GroupOut::from).collect();
+                output::json(&v)?;
+            } else if list.is_empty() {
+                println!("no groups yet");
+            } else {
+                let rows: Vec<Vec<String>> = list
+                    .iter()
+                    .map(|g| {
+                        vec![
+                            g.id.to_hex()[..8].to_string(),
+                            g.name.clone(),
+                            g.members.len().to_string(),
+                            if g.left { "left" } else { "" }.to_string(),
+                        ]
+                    })
+                    .collect();
+                table(&["ID", "NAME", "MEMBERS", ""], &rows);
+            }
+            return Ok(());
+        }
+    };
+    print_group(ctx, &book, &g)
+}
+
+fn print_group(ctx: &Ctx, book: &Book<'_>, g: &GroupRecord) -> Result<(), Failure> {
+    if ctx.json {
+        output::json(&GroupOut::from(g))?;
+        return Ok(());
+    }
+    let me = book.account()?.phone;
+    let names = store_contacts_by_phone(book)?;
+    println!("group {} ({})", g.name, g.id.to_hex());
+    if g.left {
+        println!("you left this group");
+    }
+    let rows: Vec<Vec<String>> = g
+        .members
+        .iter()
+        .map(|m| {
+            let name = if m.phone == me {
+                "you".to_string()
+            } else {
+                names.get(&m.phone).cloned().flatten().unwrap_or_default()
+            };
+            vec![m.phone.clone(), name, role_str(m.role).to_string()]
+        })
+        .collect();
+    table(&["PHONE", "NAME", "ROLE"], &rows);
+    Ok(())
+}
+
+fn privacy(ctx: &Ctx, cmd: PrivacyCmd) -> Result<(), Failure> {
+    let store = ctx.open()?;
+    let book = Book::new(&store);
+    let p = match cmd {
+        PrivacyCmd::Set { field, level } => book.set_privacy(&field, &level)?,
+        PrivacyCmd::Show => book.privacy()?,
+    };
+    let pairs: Vec<(&str, &str)> = PRIVACY_FIELDS
+        .iter()
+        .filter_map(|f| privacy_get(&p, f).map(|v| (*f, visibility_str(v))))
+        .collect();
+    if ctx.json {
+        let m: serde_json::Map<String, serde_json::Value> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), json!(v)))
+            .collect();
+        output::json(&m)?;
+    } else {
+        let rows: Vec<Vec<String>> = pairs
+            .iter()
+            .map(|(k, v)| vec![k.to_string(), v.to_string()])
+            .collect();
+        table(&["FIELD", "VISIBLE TO"], &rows);
+    }
+    Ok(())
+}
+
+fn export(ctx: &Ctx, out: Option<PathBuf>, include_keys: bool) -> Result<(), Failure> {
+    let store = ctx.open()?;
+    let book = Book::new(&store);
+    let doc = instaconnect_core::export::export(&book, include_keys, now_ms())?;
+    let text = serde_json::to_string_pretty(&doc).context("cannot encode the export")?;
+    match out {
+        None => println!("{text}"),
+        Some(path) => {
+            write_private_atomically(&path, text.as_bytes())?;
+            if !ctx.json {
+                eprintln!(
+                    "exported {} contacts, {} groups, {} blocked to {}{}",
+                    doc.contacts.len(),
+                    doc.groups.len(),
+                    doc.blocked.len(),
+                    path.display(),
+                    if include_keys {
+                        " (with secret keys: keep it safe)"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes a file readable only by its owner, via a temporary file and a rename.
+fn write_private_atomically(path: &PathBuf, bytes: &[u8]) -> Result<(), Failure> {
+    use std::io::Write;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| usage(anyhow!("--out {} is not a file path", path.display())))?;
+    let tmp = dir.join(format!(".{}.tmp", file_name.to_string_lossy()));
+    let result = (|| -> std::io::Result<()> {
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let mut f = opts.open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    result.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Failure::Failed(anyhow!("cannot write {}: {e}", path.display()))
+    })
+}
