@@ -73,6 +73,18 @@ enum Cmd {
     /// Who sees your phone, name, picture, status, online state, receipts and location
     #[command(subcommand)]
     Privacy(PrivacyCmd),
+    /// Print an invite (link and QR code) that lets someone add you with your keys
+    Invite {
+        /// Leave your phone number out of the invite
+        #[arg(long)]
+        no_phone: bool,
+        /// Days the invite stays valid (1 to 30)
+        #[arg(long, default_value_t = 7, value_parser = clap::value_parser!(u64).range(1..=30))]
+        days: u64,
+        /// Print only the link, no QR code
+        #[arg(long)]
+        no_qr: bool,
+    },
     /// Export the whole account as one JSON file
     Export {
         /// Write to FILE instead of standard output
@@ -124,12 +136,21 @@ struct ProfileSet {
 
 #[derive(Subcommand, Debug)]
 enum ContactsCmd {
-    /// Add a contact, or rename an existing one
+    /// Add a contact by number or from an invite link, or rename an existing one
     Add {
-        /// Phone number (E.164, or national with --region)
-        phone: String,
+        /// Phone number (E.164, or national with --region); optional with an invite that has one
+        #[arg(required_unless_present = "invite")]
+        phone: Option<String>,
         #[arg(long)]
         name: Option<String>,
+        /// An instaconnect://invite/... link: links the contact's device and verified keys
+        #[arg(long, value_name = "LINK")]
+        invite: Option<String>,
+    },
+    /// Show the safety number to compare with a contact (text and QR code)
+    Safety {
+        /// Phone number or contact name
+        contact: String,
     },
     /// Import contacts from a vCard (.vcf, 3.0 or 4.0) or CSV (header name,phone) file
     Import {
@@ -293,7 +314,44 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Cmd::Groups(g) => groups(&ctx, g),
         Cmd::Privacy(p) => privacy(&ctx, p),
         Cmd::Export { out, include_keys } => export(&ctx, out, include_keys),
+        Cmd::Invite {
+            no_phone,
+            days,
+            no_qr,
+        } => {
+            let store = ctx.open()?;
+            let link = Book::new(&store).invite(!no_phone, days * 24 * 60 * 60 * 1000, now_ms())?;
+            if ctx.json {
+                output::json(&json!({"link": link, "expires_in_days": days}))?;
+            } else {
+                if !no_qr {
+                    println!("{}", qr(link.as_bytes())?);
+                }
+                println!("{link}");
+                println!(
+                    "Valid for {days} days. Whoever adds it gets your keys{}.",
+                    if no_phone {
+                        ""
+                    } else {
+                        " and your phone number"
+                    }
+                );
+            }
+            Ok(())
+        }
     }
+}
+
+/// A QR code drawn with Unicode half blocks, light on dark as terminal scanners expect.
+fn qr(data: &[u8]) -> Result<String, Failure> {
+    use qrcode::render::unicode::Dense1x2;
+    let code = qrcode::QrCode::new(data).map_err(|e| anyhow!("cannot draw a QR code: {e}"))?;
+    Ok(code
+        .render::<Dense1x2>()
+        .dark_color(Dense1x2::Light)
+        .light_color(Dense1x2::Dark)
+        .quiet_zone(true)
+        .build())
 }
 
 fn store_contacts_by_phone(
@@ -456,14 +514,34 @@ fn print_profile(ctx: &Ctx, p: &instaconnect_wire::records::Profile) -> Result<(
 
 fn contacts(ctx: &Ctx, cmd: ContactsCmd) -> Result<(), Failure> {
     match cmd {
-        ContactsCmd::Add { phone, name } => {
+        ContactsCmd::Add {
+            phone,
+            name,
+            invite,
+        } => {
             let store = ctx.open()?;
             let book = Book::new(&store);
             let region = book.region(ctx.region.as_ref())?;
-            let phone = Phone::parse(&phone, region.as_ref()).map_err(usage)?;
-            let (c, new) = book.add_contact(&phone, name.as_deref(), now_ms())?;
+            let phone = phone
+                .as_deref()
+                .map(|p| Phone::parse(p, region.as_ref()))
+                .transpose()
+                .map_err(usage)?;
+            let (c, new) = match (&invite, &phone) {
+                (Some(link), _) => {
+                    book.add_contact_from_invite(link, phone.as_ref(), name.as_deref(), now_ms())?
+                }
+                (None, Some(p)) => book.add_contact(p, name.as_deref(), now_ms())?,
+                (None, None) => return Err(usage(anyhow!("give a phone number or --invite LINK"))),
+            };
             if ctx.json {
-                output::json(&json!({"phone": c.phone, "name": c.name, "added": new}))?;
+                output::json(&json!({
+                    "phone": c.phone,
+                    "name": c.name,
+                    "peer_id": c.peer_id,
+                    "verified_keys": c.identity_key.is_some(),
+                    "added": new,
+                }))?;
             } else {
                 let verb = if new { "added" } else { "updated" };
                 match &c.name {
@@ -543,6 +621,26 @@ fn contacts(ctx: &Ctx, cmd: ContactsCmd) -> Result<(), Failure> {
                     })
                     .collect();
                 table(&["PHONE", "NAME", ""], &rows);
+            }
+            Ok(())
+        }
+        ContactsCmd::Safety { contact } => {
+            let store = ctx.open()?;
+            let (c, sn) = Book::new(&store).safety_number(&contact, ctx.region.as_ref())?;
+            let qr_hex: String = sn.qr_payload.iter().map(|b| format!("{b:02x}")).collect();
+            if ctx.json {
+                output::json(
+                    &json!({"phone": c.phone, "safety_number": sn.digits, "qr_payload_hex": qr_hex}),
+                )?;
+            } else {
+                println!(
+                    "safety number with {} {}:",
+                    c.phone,
+                    c.name.as_deref().unwrap_or("")
+                );
+                println!("{}", sn.digits);
+                println!("{}", qr(&sn.qr_payload)?);
+                println!("It matches on both phones only if nobody is in between.");
             }
             Ok(())
         }

@@ -5,13 +5,36 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
-/// The `instaconnect` binary under test: `$INSTACONNECT_BIN`, else the one cargo built next to
-/// this test executable (`scripts/test` builds it first).
+/// The `instaconnect` binary under test: `$INSTACONNECT_BIN`, else the one cargo builds next to
+/// this test executable. Under `cargo test` it is (re)built once per test process, so a test
+/// never runs a stale binary.
 pub fn bin() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(locate_or_build).clone()
+}
+
+fn locate_or_build() -> PathBuf {
     if let Some(p) = std::env::var_os("INSTACONNECT_BIN") {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("current test executable");
+    if let Some(cargo) = std::env::var_os("CARGO") {
+        let release = exe.components().any(|c| c.as_os_str() == "release");
+        let mut cmd = Command::new(cargo);
+        cmd.args([
+            "build",
+            "--quiet",
+            "-p",
+            "instaconnect",
+            "--bin",
+            "instaconnect",
+        ]);
+        if release {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build");
+        assert!(status.success(), "cargo build -p instaconnect failed");
+    }
     // target/<profile>/deps/<test>-<hash> -> target/<profile>/instaconnect
     let dir = exe
         .parent()

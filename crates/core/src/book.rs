@@ -6,7 +6,10 @@
 
 use std::collections::BTreeMap;
 
-use instaconnect_crypto::{Device, Identity};
+use instaconnect_crypto::{
+    safety_number, CardDisplay, ContactCard, CryptoError, Device, Identity, IdentityKey,
+    SafetyNumber,
+};
 use instaconnect_store::{Op, Store, StoreError};
 use instaconnect_wire::records::{
     AccountRecord, BlockRecord, ContactRecord, GroupId, GroupMember, GroupRecord, PictureRecord,
@@ -86,6 +89,18 @@ pub enum BookError {
     UnknownVisibility(String),
     #[error("{0} is not blocked")]
     NotBlocked(String),
+    #[error("invalid contact card: {0}")]
+    Card(#[source] CryptoError),
+    #[error(
+        "the invite has no phone number; give it: `instaconnect contacts add PHONE --invite LINK`"
+    )]
+    InviteWithoutPhone,
+    #[error("the invite is for {card}, not {given}")]
+    InvitePhoneMismatch { card: String, given: String },
+    #[error("that invite is your own")]
+    OwnInvite,
+    #[error("no verified keys for {0} yet (add them from an invite: `instaconnect contacts add --invite LINK`)")]
+    NoKeysFor(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("the stored account is damaged: {0}")]
@@ -102,6 +117,7 @@ impl BookError {
                 | BookError::Store(_)
                 | BookError::Keys(_)
                 | BookError::TooManyContacts
+                | BookError::NoKeysFor(_)
         )
     }
 }
@@ -320,6 +336,8 @@ impl<'a> Book<'a> {
                         phone: phone.as_str().to_string(),
                         name,
                         peer_id: None,
+                        identity_key: None,
+                        card: None,
                         added_at_ms: now_ms,
                         updated_at_ms: now_ms,
                     },
@@ -451,6 +469,8 @@ impl<'a> Book<'a> {
                         phone: key.clone(),
                         name,
                         peer_id: None,
+                        identity_key: None,
+                        card: None,
                         added_at_ms: now_ms,
                         updated_at_ms: now_ms,
                     };
@@ -471,6 +491,106 @@ impl<'a> Book<'a> {
         self.store
             .apply(changed.into_values().map(Op::PutContact).collect())?;
         Ok(summary)
+    }
+
+    // ----- invites, cards and safety numbers ----------------------------------------------
+
+    /// Issues a signed contact card for this device as an `instaconnect://` invite link. The
+    /// device state changes (a fallback key may be generated), so it is persisted first.
+    pub fn invite(&self, include_phone: bool, ttl_ms: u64, now_ms: u64) -> Result<String> {
+        let mut account = self.account()?;
+        let mut keys = self.keys()?;
+        let profile = self.store.profile()?;
+        let display = CardDisplay {
+            name: Some(profile.name).filter(|n| !n.is_empty()),
+            phone: include_phone.then(|| account.phone.clone()),
+        };
+        let card = keys
+            .device
+            .contact_card(&keys.identity, display, now_ms, ttl_ms)
+            .map_err(BookError::Card)?;
+        account.device_pickle = SecretBytes::new(keys.device.to_pickle_bytes().to_vec());
+        self.store.apply(vec![Op::PutAccount(account)])?;
+        Ok(card.to_invite_link())
+    }
+
+    /// Adds (or updates) the contact an invite link describes, linking its device and keys.
+    /// `phone` is required when the card carries none, and must match when it does.
+    pub fn add_contact_from_invite(
+        &self,
+        link: &str,
+        phone: Option<&Phone>,
+        name: Option<&str>,
+        now_ms: u64,
+    ) -> Result<(ContactRecord, bool)> {
+        let me = self.account()?;
+        let keys = self.keys()?;
+        let card = ContactCard::from_invite_link(link, now_ms).map_err(BookError::Card)?;
+        if card.identity() == keys.identity.public() {
+            return Err(BookError::OwnInvite);
+        }
+        let card_phone = match &card.display.phone {
+            Some(p) => Some(Phone::parse(p, None)?),
+            None => None,
+        };
+        let phone = match (card_phone, phone) {
+            (Some(c), Some(g)) if &c != g => {
+                return Err(BookError::InvitePhoneMismatch {
+                    card: c.to_string(),
+                    given: g.to_string(),
+                })
+            }
+            (Some(c), _) => c,
+            (None, Some(g)) => g.clone(),
+            (None, None) => return Err(BookError::InviteWithoutPhone),
+        };
+        if phone.as_str() == me.phone {
+            return Err(BookError::OwnNumber(me.phone));
+        }
+        let name = match name.or(card.display.name.as_deref()) {
+            Some(n) => Some(check_text("name", n, MAX_NAME_CHARS, false)?),
+            None => None,
+        };
+        let existing = self.store.contact(phone.as_str())?;
+        if existing.is_none() && self.store.contacts()?.len() >= MAX_CONTACTS {
+            return Err(BookError::TooManyContacts);
+        }
+        let new = existing.is_none();
+        let mut c = existing.unwrap_or(ContactRecord {
+            phone: phone.as_str().to_string(),
+            name: None,
+            peer_id: None,
+            identity_key: None,
+            card: None,
+            added_at_ms: now_ms,
+            updated_at_ms: now_ms,
+        });
+        if name.is_some() {
+            c.name = name;
+        }
+        c.peer_id = Some(card.identity().peer_id());
+        c.identity_key = Some(card.identity().to_bytes());
+        c.card = Some(card.to_bytes());
+        c.updated_at_ms = now_ms;
+        self.store.apply(vec![Op::PutContact(c.clone())])?;
+        Ok((c, new))
+    }
+
+    /// The safety number between us and a contact whose keys we have.
+    pub fn safety_number(
+        &self,
+        query: &str,
+        region: Option<&Region>,
+    ) -> Result<(ContactRecord, SafetyNumber)> {
+        let c = self.resolve_contact(query, region)?;
+        let theirs = c
+            .identity_key
+            .ok_or_else(|| BookError::NoKeysFor(c.phone.clone()))
+            .and_then(|k| {
+                IdentityKey::from_bytes(&k).map_err(|e| BookError::Keys(e.to_string()))
+            })?;
+        let ours = self.keys()?.identity.public();
+        Ok((c, safety_number(&ours, &theirs)))
     }
 
     // ----- blocks --------------------------------------------------------------------------

@@ -215,13 +215,23 @@ impl fmt::Debug for GroupSender {
     }
 }
 
-/// A decrypted group message.
-#[derive(Debug, PartialEq, Eq)]
+/// A decrypted group message. Its `Debug` output omits the plaintext.
+#[derive(PartialEq, Eq)]
 pub struct GroupPlaintext {
     /// The plaintext (zeroized on drop).
     pub plaintext: Zeroizing<Vec<u8>>,
     /// The Megolm message index within its session.
     pub message_index: u32,
+}
+
+impl fmt::Debug for GroupPlaintext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GroupPlaintext")
+            .field("len", &self.plaintext.len())
+            .field("plaintext", &"[redacted]")
+            .field("message_index", &self.message_index)
+            .finish()
+    }
 }
 
 /// One member's inbound Megolm session for another member's sender key.
@@ -454,5 +464,7 @@ mod tests {
         assert!(GroupReceiver::from_key_share(alice, &[1, 3, b'a']).is_err());
         assert!(GroupSender::new(&[0; MAX_GROUP_ID_LEN + 1], 0).is_err());
         assert!(format!("{s:?}").contains("[redacted]"));
+        let d = r.decrypt(&s.encrypt(b"very private words")).unwrap();
+        assert!(!format!("{d:?}").contains("private"));
     }
 }

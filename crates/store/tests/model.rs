@@ -54,6 +54,16 @@ fn op() -> impl Strategy<Value = Op> {
                 phone,
                 name,
                 peer_id: None,
+                identity_key: if t % 2 == 0 {
+                    Some([t as u8; 32])
+                } else {
+                    None
+                },
+                card: if t % 3 == 0 {
+                    Some(vec![1, 2, 3])
+                } else {
+                    None
+                },
                 added_at_ms: t,
                 updated_at_ms: t,
             })

@@ -103,6 +103,8 @@ mod tests {
                 phone,
                 name,
                 peer_id,
+                identity_key: None,
+                card: None,
                 added_at_ms: a,
                 updated_at_ms: u,
             })

@@ -74,6 +74,10 @@ pub struct ContactRecord {
     pub name: Option<String>,
     /// The contact's device, once linked (`contacts add --peer`, an invite, or discovery).
     pub peer_id: Option<String>,
+    /// The contact's Ed25519 identity key, once known from a verified contact card.
+    pub identity_key: Option<[u8; 32]>,
+    /// The contact's signed contact card (crypto's encoding), used to start a session offline.
+    pub card: Option<Vec<u8>>,
     pub added_at_ms: u64,
     pub updated_at_ms: u64,
 }
