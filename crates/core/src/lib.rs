@@ -8,9 +8,11 @@
 //! - [`phone`], [`vcard`], [`csv_import`], [`picture`]: validation of what users type and import.
 //! - [`book`]: the account, profile, address book, blocks, groups and privacy settings.
 //! - [`export`]: the documented JSON export of a whole account.
+//! - [`engine`]: the messaging engine (frames in, frames and events out).
 
 pub mod book;
 pub mod csv_import;
+pub mod engine;
 pub mod export;
 pub mod phone;
 pub mod picture;

@@ -16,9 +16,10 @@ pub use mem::MemStore;
 pub use sled_store::SledStore;
 
 use instaconnect_wire::records::{
-    AccountRecord, BlockRecord, ContactRecord, GroupId, GroupRecord, Profile, Settings,
+    AccountRecord, BlockRecord, ContactRecord, ContactRequestRecord, ConversationRecord, GroupId,
+    GroupRecord, MessageRecord, OutboxEntry, Profile, Settings,
 };
-use instaconnect_wire::WireError;
+use instaconnect_wire::{SecretBytes, WireError};
 
 /// One write. A batch of them is applied all-or-nothing.
 #[derive(Clone, Debug, PartialEq)]
@@ -34,6 +35,23 @@ pub enum Op {
     RemoveBlock(String),
     PutGroup(GroupRecord),
     RemoveGroup(GroupId),
+    /// Inserts or replaces a message (by conversation and sequence; indexed by id).
+    PutMessage(MessageRecord),
+    PutConversation(ConversationRecord),
+    PutOutbox(OutboxEntry),
+    RemoveOutbox([u8; 16]),
+    /// The pickled ratchet session with a peer device.
+    PutSession {
+        peer_id: String,
+        pickle: SecretBytes,
+    },
+    PutContactRequest(ContactRequestRecord),
+    RemoveContactRequest(String),
+    /// The serialised replay guard.
+    PutReplay(SecretBytes),
+    /// Records that an envelope with this id was processed (for payloads that are not
+    /// stored messages), so a retry is acknowledged without decrypting again.
+    MarkSeen([u8; 16]),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +102,29 @@ pub trait Store: Send + Sync {
     fn group(&self, id: &GroupId) -> Result<Option<GroupRecord>>;
     /// All groups, ordered by id.
     fn groups(&self) -> Result<Vec<GroupRecord>>;
+    fn conversation(&self, peer: &str) -> Result<Option<ConversationRecord>>;
+    /// All conversations, ordered by peer.
+    fn conversations(&self) -> Result<Vec<ConversationRecord>>;
+    /// The messages of a conversation with sequence >= `from_seq`, in order.
+    fn messages(&self, peer: &str, from_seq: u64) -> Result<Vec<MessageRecord>>;
+    fn message(&self, id: &[u8; 16]) -> Result<Option<MessageRecord>>;
+    /// The outbox, ordered by message id.
+    fn outbox(&self) -> Result<Vec<OutboxEntry>>;
+    fn session(&self, peer_id: &str) -> Result<Option<SecretBytes>>;
+    /// Pending contact requests, ordered by peer id.
+    fn contact_requests(&self) -> Result<Vec<ContactRequestRecord>>;
+    fn replay(&self) -> Result<Option<SecretBytes>>;
+    /// Whether an envelope id was marked seen.
+    fn seen(&self, id: &[u8; 16]) -> Result<bool>;
+
     /// Applies the batch atomically and durably (flushed before returning).
-    fn apply(&self, ops: Vec<Op>) -> Result<()>;
+    fn apply(&self, ops: Vec<Op>) -> Result<()> {
+        self.apply_deferred(ops)?;
+        self.flush()
+    }
+    /// Applies the batch atomically; durable only after the next [`Store::flush`]. Lets a
+    /// receiver store many messages and flush once before acknowledging them all.
+    fn apply_deferred(&self, ops: Vec<Op>) -> Result<()>;
+    /// Makes every applied batch durable.
+    fn flush(&self) -> Result<()>;
 }

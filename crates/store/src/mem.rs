@@ -2,8 +2,10 @@ use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 
 use instaconnect_wire::records::{
-    AccountRecord, BlockRecord, ContactRecord, GroupId, GroupRecord, Profile, Settings,
+    AccountRecord, BlockRecord, ContactRecord, ContactRequestRecord, ConversationRecord, GroupId,
+    GroupRecord, MessageRecord, OutboxEntry, Profile, Settings,
 };
+use instaconnect_wire::SecretBytes;
 
 use crate::{Op, Result, Store};
 
@@ -15,6 +17,14 @@ struct State {
     contacts: BTreeMap<String, ContactRecord>,
     blocks: BTreeMap<String, BlockRecord>,
     groups: BTreeMap<GroupId, GroupRecord>,
+    messages: BTreeMap<(String, u64), MessageRecord>,
+    message_ids: BTreeMap<[u8; 16], (String, u64)>,
+    conversations: BTreeMap<String, ConversationRecord>,
+    outbox: BTreeMap<[u8; 16], OutboxEntry>,
+    sessions: BTreeMap<String, SecretBytes>,
+    requests: BTreeMap<String, ContactRequestRecord>,
+    replay: Option<SecretBytes>,
+    seen: std::collections::BTreeSet<[u8; 16]>,
 }
 
 /// An in-memory [`Store`], for the simulator and tests.
@@ -72,7 +82,56 @@ impl Store for MemStore {
         Ok(self.lock().groups.values().cloned().collect())
     }
 
-    fn apply(&self, ops: Vec<Op>) -> Result<()> {
+    fn conversation(&self, peer: &str) -> Result<Option<ConversationRecord>> {
+        Ok(self.lock().conversations.get(peer).cloned())
+    }
+
+    fn conversations(&self) -> Result<Vec<ConversationRecord>> {
+        Ok(self.lock().conversations.values().cloned().collect())
+    }
+
+    fn messages(&self, peer: &str, from_seq: u64) -> Result<Vec<MessageRecord>> {
+        Ok(self
+            .lock()
+            .messages
+            .range((peer.to_string(), from_seq)..=(peer.to_string(), u64::MAX))
+            .map(|(_, m)| m.clone())
+            .collect())
+    }
+
+    fn message(&self, id: &[u8; 16]) -> Result<Option<MessageRecord>> {
+        let s = self.lock();
+        Ok(s.message_ids
+            .get(id)
+            .and_then(|k| s.messages.get(k))
+            .cloned())
+    }
+
+    fn outbox(&self) -> Result<Vec<OutboxEntry>> {
+        Ok(self.lock().outbox.values().cloned().collect())
+    }
+
+    fn session(&self, peer_id: &str) -> Result<Option<SecretBytes>> {
+        Ok(self.lock().sessions.get(peer_id).cloned())
+    }
+
+    fn contact_requests(&self) -> Result<Vec<ContactRequestRecord>> {
+        Ok(self.lock().requests.values().cloned().collect())
+    }
+
+    fn replay(&self) -> Result<Option<SecretBytes>> {
+        Ok(self.lock().replay.clone())
+    }
+
+    fn seen(&self, id: &[u8; 16]) -> Result<bool> {
+        Ok(self.lock().seen.contains(id))
+    }
+
+    fn flush(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn apply_deferred(&self, ops: Vec<Op>) -> Result<()> {
         let mut guard = self.lock();
         let mut next = guard.clone();
         for op in ops {
@@ -97,6 +156,37 @@ impl Store for MemStore {
                 }
                 Op::RemoveGroup(id) => {
                     next.groups.remove(&id);
+                }
+                Op::PutMessage(m) => {
+                    let k = (m.peer.clone(), m.seq);
+                    if let Some(old) = next.messages.get(&k) {
+                        let old_id = old.id;
+                        next.message_ids.remove(&old_id);
+                    }
+                    next.message_ids.insert(m.id, k.clone());
+                    next.messages.insert(k, m);
+                }
+                Op::PutConversation(c) => {
+                    next.conversations.insert(c.peer.clone(), c);
+                }
+                Op::PutOutbox(o) => {
+                    next.outbox.insert(o.id, o);
+                }
+                Op::RemoveOutbox(id) => {
+                    next.outbox.remove(&id);
+                }
+                Op::PutSession { peer_id, pickle } => {
+                    next.sessions.insert(peer_id, pickle);
+                }
+                Op::PutContactRequest(r) => {
+                    next.requests.insert(r.peer_id.clone(), r);
+                }
+                Op::RemoveContactRequest(p) => {
+                    next.requests.remove(&p);
+                }
+                Op::PutReplay(b) => next.replay = Some(b),
+                Op::MarkSeen(id) => {
+                    next.seen.insert(id);
                 }
             }
         }

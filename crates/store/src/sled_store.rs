@@ -1,9 +1,10 @@
 use std::path::{Path, PathBuf};
 
 use instaconnect_wire::records::{
-    AccountRecord, BlockRecord, ContactRecord, GroupId, GroupRecord, Profile, Settings,
+    AccountRecord, BlockRecord, ContactRecord, ContactRequestRecord, ConversationRecord, GroupId,
+    GroupRecord, MessageRecord, OutboxEntry, Profile, Settings,
 };
-use instaconnect_wire::{decode, encode, SCHEMA_VERSION};
+use instaconnect_wire::{decode, encode, SecretBytes, SCHEMA_VERSION};
 use serde::de::DeserializeOwned;
 
 use crate::{Op, Result, Store, StoreError};
@@ -16,6 +17,23 @@ const KEY_SETTINGS: &[u8] = b"settings";
 const PREFIX_CONTACT: &[u8] = b"contact/";
 const PREFIX_BLOCK: &[u8] = b"block/";
 const PREFIX_GROUP: &[u8] = b"group/";
+const KEY_REPLAY: &[u8] = b"replay";
+/// `msg/<E.164>/<seq: u64 big-endian>`: messages in conversation order.
+const PREFIX_MESSAGE: &[u8] = b"msg/";
+/// `msgid/<id>` -> the message's key: dedupe and receipts by id.
+const PREFIX_MESSAGE_ID: &[u8] = b"msgid/";
+const PREFIX_CONVERSATION: &[u8] = b"conv/";
+const PREFIX_OUTBOX: &[u8] = b"outbox/";
+const PREFIX_SESSION: &[u8] = b"session/";
+const PREFIX_REQUEST: &[u8] = b"creq/";
+const PREFIX_SEEN: &[u8] = b"seen/";
+
+fn message_key(peer: &str, seq: u64) -> Vec<u8> {
+    let mut k = key(PREFIX_MESSAGE, peer.as_bytes());
+    k.push(b'/');
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
 
 /// The on-disk [`Store`], a sled database in one directory.
 pub struct SledStore {
@@ -160,7 +178,62 @@ impl Store for SledStore {
         self.scan(PREFIX_GROUP)
     }
 
-    fn apply(&self, ops: Vec<Op>) -> Result<()> {
+    fn conversation(&self, peer: &str) -> Result<Option<ConversationRecord>> {
+        self.get(&key(PREFIX_CONVERSATION, peer.as_bytes()))
+    }
+
+    fn conversations(&self) -> Result<Vec<ConversationRecord>> {
+        self.scan(PREFIX_CONVERSATION)
+    }
+
+    fn messages(&self, peer: &str, from_seq: u64) -> Result<Vec<MessageRecord>> {
+        let start = message_key(peer, from_seq);
+        let end = message_key(peer, u64::MAX);
+        self.db
+            .range(start..=end)
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode(&v).map_err(|source| StoreError::Corrupt {
+                    key: String::from_utf8_lossy(&k).into_owned(),
+                    source,
+                })
+            })
+            .collect()
+    }
+
+    fn message(&self, id: &[u8; 16]) -> Result<Option<MessageRecord>> {
+        match self.db.get(key(PREFIX_MESSAGE_ID, id))? {
+            None => Ok(None),
+            Some(k) => self.get(&k),
+        }
+    }
+
+    fn outbox(&self) -> Result<Vec<OutboxEntry>> {
+        self.scan(PREFIX_OUTBOX)
+    }
+
+    fn session(&self, peer_id: &str) -> Result<Option<SecretBytes>> {
+        self.get(&key(PREFIX_SESSION, peer_id.as_bytes()))
+    }
+
+    fn contact_requests(&self) -> Result<Vec<ContactRequestRecord>> {
+        self.scan(PREFIX_REQUEST)
+    }
+
+    fn replay(&self) -> Result<Option<SecretBytes>> {
+        self.get(KEY_REPLAY)
+    }
+
+    fn seen(&self, id: &[u8; 16]) -> Result<bool> {
+        Ok(self.db.contains_key(key(PREFIX_SEEN, id))?)
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn apply_deferred(&self, ops: Vec<Op>) -> Result<()> {
         let mut batch = sled::Batch::default();
         for op in &ops {
             match op {
@@ -173,10 +246,35 @@ impl Store for SledStore {
                 Op::RemoveBlock(p) => batch.remove(key(PREFIX_BLOCK, p.as_bytes())),
                 Op::PutGroup(g) => batch.insert(key(PREFIX_GROUP, &g.id.0), enc(g)?),
                 Op::RemoveGroup(id) => batch.remove(key(PREFIX_GROUP, &id.0)),
+                Op::PutMessage(m) => {
+                    let k = message_key(&m.peer, m.seq);
+                    if let Some(old) = self.db.get(&k)? {
+                        if let Ok(old) = decode::<MessageRecord>(&old) {
+                            if old.id != m.id {
+                                batch.remove(key(PREFIX_MESSAGE_ID, &old.id));
+                            }
+                        }
+                    }
+                    batch.insert(key(PREFIX_MESSAGE_ID, &m.id), k.clone());
+                    batch.insert(k, enc(m)?);
+                }
+                Op::PutConversation(c) => {
+                    batch.insert(key(PREFIX_CONVERSATION, c.peer.as_bytes()), enc(c)?)
+                }
+                Op::PutOutbox(o) => batch.insert(key(PREFIX_OUTBOX, &o.id), enc(o)?),
+                Op::RemoveOutbox(id) => batch.remove(key(PREFIX_OUTBOX, id)),
+                Op::PutSession { peer_id, pickle } => {
+                    batch.insert(key(PREFIX_SESSION, peer_id.as_bytes()), enc(pickle)?)
+                }
+                Op::PutContactRequest(r) => {
+                    batch.insert(key(PREFIX_REQUEST, r.peer_id.as_bytes()), enc(r)?)
+                }
+                Op::RemoveContactRequest(p) => batch.remove(key(PREFIX_REQUEST, p.as_bytes())),
+                Op::PutReplay(b) => batch.insert(KEY_REPLAY, enc(b)?),
+                Op::MarkSeen(id) => batch.insert(key(PREFIX_SEEN, id), &[][..]),
             }
         }
         self.db.apply_batch(batch)?;
-        self.db.flush()?;
         Ok(())
     }
 }

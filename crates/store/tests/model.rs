@@ -93,19 +93,82 @@ fn op() -> impl Strategy<Value = Op> {
                 left,
             })),
         group_id().prop_map(Op::RemoveGroup),
+        (phone(), 0u64..4, 0u8..6, any::<bool>(), ".{0,10}").prop_map(
+            |(peer, seq, id, out, text)| {
+                Op::PutMessage(MessageRecord {
+                    id: [id; 16],
+                    peer,
+                    seq,
+                    direction: if out {
+                        Direction::Outgoing
+                    } else {
+                        Direction::Incoming
+                    },
+                    text,
+                    sent_at_ms: 5,
+                    stored_at_ms: 6,
+                    state: DeliveryState::Queued,
+                })
+            }
+        ),
+        (phone(), 0u64..9, 0u32..3).prop_map(|(peer, next_seq, unread)| Op::PutConversation(
+            ConversationRecord {
+                peer,
+                next_seq,
+                unread,
+                last_activity_ms: 1
+            }
+        )),
+        (0u8..6, 0u32..3).prop_map(|(id, attempts)| Op::PutOutbox(OutboxEntry {
+            id: [id; 16],
+            peer_id: "12D3KooWpeer".into(),
+            envelope: vec![id; 8],
+            attempts,
+            next_attempt_ms: 9,
+        })),
+        (0u8..6).prop_map(|id| Op::RemoveOutbox([id; 16])),
+        ("[ab]", any::<u8>()).prop_map(|(peer_id, b)| Op::PutSession {
+            peer_id,
+            pickle: SecretBytes::new(vec![b; 4])
+        }),
+        ("[ab]", any::<u8>()).prop_map(|(peer_id, b)| Op::PutContactRequest(
+            ContactRequestRecord {
+                peer_id,
+                card: vec![b],
+                received_at_ms: 3
+            }
+        )),
+        "[ab]".prop_map(Op::RemoveContactRequest),
+        any::<u8>().prop_map(|b| Op::PutReplay(SecretBytes::new(vec![b; 3]))),
+        (0u8..6).prop_map(|id| Op::MarkSeen([id; 16])),
     ]
 }
 
 fn snapshot(s: &dyn Store) -> String {
-    format!(
-        "{:?}\n{:?}\n{:?}\n{:?}\n{:?}\n{:?}",
+    let mut out = format!(
+        "{:?}\n{:?}\n{:?}\n{:?}\n{:?}\n{:?}\n{:?}\n{:?}\n{:?}\n{:?}",
         s.account().unwrap(),
         s.profile().unwrap(),
         s.settings().unwrap(),
         s.contacts().unwrap(),
         s.blocks().unwrap(),
-        s.groups().unwrap()
-    )
+        s.groups().unwrap(),
+        s.conversations().unwrap(),
+        s.outbox().unwrap(),
+        s.contact_requests().unwrap(),
+        s.replay().unwrap(),
+    );
+    for i in 0u8..6 {
+        let p = format!("+9198123456{i:02}");
+        out.push_str(&format!("\n{:?}", s.messages(&p, 0).unwrap()));
+        out.push_str(&format!("\n{:?}", s.messages(&p, 2).unwrap()));
+        out.push_str(&format!("\n{:?}", s.message(&[i; 16]).unwrap()));
+        out.push_str(&format!("\n{:?}", s.seen(&[i; 16]).unwrap()));
+    }
+    for p in ["a", "b"] {
+        out.push_str(&format!("\n{:?}", s.session(p).unwrap()));
+    }
+    out
 }
 
 fn check_point_reads(s: &dyn Store, model: &MemStore) {

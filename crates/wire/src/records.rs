@@ -175,3 +175,69 @@ pub struct Settings {
     pub region: Option<String>,
     pub privacy: Privacy,
 }
+
+/// Whose message it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Direction {
+    Outgoing,
+    Incoming,
+}
+
+/// Where an outgoing message is. Incoming messages are `Delivered` (stored here) or `Read`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum DeliveryState {
+    /// Stored locally, waiting for a path to the recipient.
+    Queued,
+    /// Handed to a connection to the recipient's device, no ack yet.
+    Sent,
+    /// The recipient's device acknowledged it after storing it durably.
+    Delivered,
+    /// The recipient read it (only if their privacy lets receipts through).
+    Read,
+}
+
+/// One message of a 1:1 conversation (keyed by the contact's number and a local sequence).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageRecord {
+    pub id: [u8; 16],
+    /// The contact's E.164 number: the conversation.
+    pub peer: String,
+    /// Position in the conversation on this device (strictly increasing).
+    pub seq: u64,
+    pub direction: Direction,
+    pub text: String,
+    /// The sender's clock.
+    pub sent_at_ms: u64,
+    /// This device's clock when stored.
+    pub stored_at_ms: u64,
+    pub state: DeliveryState,
+}
+
+/// Per-conversation bookkeeping.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ConversationRecord {
+    pub peer: String,
+    pub next_seq: u64,
+    pub unread: u32,
+    pub last_activity_ms: u64,
+}
+
+/// An envelope waiting for its end-to-end ack, retried with backoff.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxEntry {
+    pub id: [u8; 16],
+    pub peer_id: String,
+    #[serde(with = "serde_bytes_compat")]
+    pub envelope: Vec<u8>,
+    pub attempts: u32,
+    pub next_attempt_ms: u64,
+}
+
+/// A contact request received from a device, waiting for `contacts accept`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContactRequestRecord {
+    pub peer_id: String,
+    #[serde(with = "serde_bytes_compat")]
+    pub card: Vec<u8>,
+    pub received_at_ms: u64,
+}

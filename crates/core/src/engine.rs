@@ -1,0 +1,1254 @@
+//! The sans-IO messaging engine.
+//!
+//! The engine holds all protocol logic of direct (local-network) messaging and nothing else: no
+//! sockets, no clock, no threads. The shell (the node's network driver, or the simulator) feeds
+//! it [`Input`]s and [`Command`]s with the current time and carries out the [`Output`]s it polls.
+//!
+//! Durability rule: every effect is written to the store as a deferred batch, and outputs
+//! (frames, acknowledgements) are released only by [`Engine::commit`], after the store is
+//! flushed. So a node never acks a message it could still lose, and a shell may batch many
+//! inputs under one flush.
+//!
+//! Linking two devices: `A` asks with [`Command::RequestContact`] (a plain
+//! `ContactRequest{card}` frame over the authenticated transport). `B` sees
+//! [`Event::ContactRequest`] and answers [`Command::AcceptContact`]: it starts an Olm session
+//! from A's card and sends `ContactAccept{card}` sealed in an envelope; A starts the inbound
+//! session from that pre-key message. Texts, read receipts and presence then travel as sealed
+//! envelopes; each text is acknowledged end to end once stored.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+
+use instaconnect_crypto::{
+    open_envelope, seal_envelope, CardDisplay, ContactCard, CryptoError, Device, EnvelopeContent,
+    Identity, MessageId, PayloadKind, Session, SignedDeviceKeys, DEFAULT_CARD_TTL_MS,
+};
+use instaconnect_store::{Op, Store, StoreError};
+use instaconnect_wire::proto::{
+    Payload, ProfileReply, ProtoError, Request, Response, MAX_TEXT_BYTES,
+};
+use instaconnect_wire::records::{
+    AccountRecord, ContactRecord, ContactRequestRecord, ConversationRecord, DeliveryState,
+    Direction, MessageRecord, OutboxEntry, Visibility,
+};
+use instaconnect_wire::SecretBytes;
+use rand::{RngCore, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+
+/// First retry delay of an unacknowledged envelope.
+pub const RETRY_BASE_MS: u64 = 1_000;
+/// Longest retry delay.
+pub const RETRY_MAX_MS: u64 = 60_000;
+/// Most envelopes in flight to one peer at once (the rest wait their turn, in order).
+pub const MAX_INFLIGHT_PER_PEER: usize = 64;
+/// Most peers the engine keeps state for; the longest-unseen disconnected peer is forgotten.
+pub const MAX_PEERS: usize = 1_024;
+/// Most pending contact requests kept; further ones are refused.
+pub const MAX_CONTACT_REQUESTS: usize = 256;
+/// Malformed frames tolerated from one peer before it is disconnected.
+pub const MAX_BAD_FRAMES: u32 = 16;
+/// Most outputs waiting for the next commit; beyond it inputs are refused (`NotNow`).
+pub const MAX_PENDING_OUTPUTS: usize = 65_536;
+
+/// What happened on the network, as told by the shell.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Input {
+    /// A device was found (mDNS) with addresses to reach it.
+    Discovered {
+        peer: String,
+        addrs: Vec<String>,
+    },
+    /// A discovered device went away.
+    Lost {
+        peer: String,
+    },
+    Connected {
+        peer: String,
+    },
+    Disconnected {
+        peer: String,
+    },
+    /// A request frame from `peer`; answer with [`Output::Respond`] on `channel`.
+    Request {
+        peer: String,
+        frame: Vec<u8>,
+        channel: u64,
+    },
+    /// The response to our request `tag`.
+    Response {
+        peer: String,
+        tag: u64,
+        frame: Vec<u8>,
+    },
+    /// Our request `tag` failed (unreachable, timeout, closed).
+    RequestFailed {
+        peer: String,
+        tag: u64,
+        error: String,
+    },
+}
+
+/// What the user asked for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Send a text to a contact (E.164).
+    Send { to: String, text: String },
+    /// Link a contact to a device and ask it to become contacts.
+    RequestContact { phone: String, peer: String },
+    /// Accept a pending contact request from a device.
+    AcceptContact { peer: String },
+    /// The user has seen the conversation with a contact: mark read, send receipts if allowed.
+    MarkRead { contact: String },
+    /// Ask a device for the profile fields it shows us.
+    RequestProfile { peer: String },
+}
+
+/// What the engine asks the shell to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    Request {
+        peer: String,
+        tag: u64,
+        frame: Vec<u8>,
+    },
+    Respond {
+        channel: u64,
+        frame: Vec<u8>,
+    },
+    Disconnect {
+        peer: String,
+    },
+    Event(Event),
+}
+
+/// What the user should see.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    MessageReceived {
+        from: String,
+        id: String,
+        text: String,
+        sent_at_ms: u64,
+    },
+    StateChanged {
+        to: String,
+        id: String,
+        state: DeliveryState,
+    },
+    ContactRequest {
+        peer: String,
+        phone: Option<String>,
+        name: Option<String>,
+    },
+    ContactAccepted {
+        peer: String,
+        phone: String,
+    },
+    Presence {
+        peer: String,
+        online: bool,
+    },
+    Profile {
+        peer: String,
+        profile: ProfileView,
+    },
+    PeerDiscovered {
+        peer: String,
+    },
+    PeerLost {
+        peer: String,
+    },
+    UnsupportedVersion {
+        peer: String,
+        version: u16,
+    },
+    Misbehaving {
+        peer: String,
+    },
+    /// Something failed that the user should know of (never a message's content).
+    Problem {
+        message: String,
+    },
+}
+
+/// The profile fields a peer showed us.
+#[derive(Clone, Debug, PartialEq, Eq, Default, serde::Serialize)]
+pub struct ProfileView {
+    pub phone: Option<String>,
+    pub name: Option<String>,
+    pub status: Option<String>,
+    pub has_picture: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("no account in this store")]
+    NoAccount,
+    #[error("{0} is not a contact")]
+    UnknownContact(String),
+    #[error("{0} is not linked to a device yet (link it with `contacts add PHONE --peer PEERID`)")]
+    NotLinked(String),
+    #[error("no contact request from {0}")]
+    NoRequest(String),
+    #[error("the contact request from {0} carries no phone number")]
+    RequestWithoutPhone(String),
+    #[error("{0} is blocked")]
+    Blocked(String),
+    #[error("message is too long: {len} bytes (at most {MAX_TEXT_BYTES})")]
+    TooLong { len: usize },
+    #[error("message is empty")]
+    Empty,
+    #[error("too busy: try again shortly")]
+    Busy,
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("encoding failed: {0}")]
+    Wire(#[from] instaconnect_wire::WireError),
+}
+
+pub type Result<T> = std::result::Result<T, EngineError>;
+
+/// A device the engine knows of.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct PeerView {
+    pub peer: String,
+    pub addrs: Vec<String>,
+    pub discovered: bool,
+    pub connected: bool,
+    /// Online as the peer's presence (and privacy) tells us.
+    pub online: bool,
+    pub last_seen_ms: u64,
+    pub profile: Option<ProfileView>,
+    /// Our contact linked to this device, if any.
+    pub contact: Option<String>,
+}
+
+#[derive(Default)]
+struct PeerState {
+    view: PeerView,
+    bad_frames: u32,
+    inflight: usize,
+    /// We sent our contact request on this connection already.
+    requested: bool,
+}
+
+enum Pending {
+    Envelope { id: [u8; 16] },
+    Ephemeral,
+    Profile,
+    ContactRequest,
+}
+
+/// The engine of one device. See the module docs.
+pub struct Engine {
+    store: Arc<dyn Store>,
+    identity: Identity,
+    device: Device,
+    own_keys: SignedDeviceKeys,
+    account: AccountRecord,
+    rng: ChaCha20Rng,
+    sessions: HashMap<String, Session>,
+    peers: HashMap<String, PeerState>,
+    pending: HashMap<u64, (String, Pending)>,
+    next_tag: u64,
+    /// Outputs waiting for the next commit.
+    staged: Vec<Output>,
+    /// Outputs released by a commit, waiting to be polled.
+    ready: VecDeque<Output>,
+    device_dirty: bool,
+}
+
+fn hex(id: &[u8; 16]) -> String {
+    id.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Engine {
+    /// Loads the account from `store`. `seed` drives every random choice the protocol makes
+    /// (message ids, jitter), so a simulation replays from its seed.
+    pub fn new(store: Arc<dyn Store>, seed: [u8; 32]) -> Result<Engine> {
+        let account = store.account()?.ok_or(EngineError::NoAccount)?;
+        let identity = Identity::from_secret_bytes(account.identity_secret.expose())?;
+        let device = Device::from_pickle_bytes(account.device_pickle.expose())?;
+        let own_keys = device.signed_keys(&identity);
+        Ok(Engine {
+            store,
+            identity,
+            device,
+            own_keys,
+            account,
+            rng: ChaCha20Rng::from_seed(seed),
+            sessions: HashMap::new(),
+            peers: HashMap::new(),
+            pending: HashMap::new(),
+            next_tag: 1,
+            staged: Vec::new(),
+            ready: VecDeque::new(),
+            device_dirty: false,
+        })
+    }
+
+    /// This device's libp2p peer id.
+    pub fn peer_id(&self) -> String {
+        self.identity.public().peer_id()
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The devices seen or connected, most recently seen first.
+    pub fn peers(&self) -> Vec<PeerView> {
+        let mut v: Vec<PeerView> = self.peers.values().map(|p| p.view.clone()).collect();
+        v.sort_by(|a, b| {
+            b.last_seen_ms
+                .cmp(&a.last_seen_ms)
+                .then(a.peer.cmp(&b.peer))
+        });
+        v
+    }
+
+    /// The next output released by a commit.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.ready.pop_front()
+    }
+
+    /// Flushes the store, then releases every output staged since the last commit.
+    pub fn commit(&mut self) -> Result<()> {
+        if self.device_dirty {
+            self.account.device_pickle = SecretBytes::new(self.device.to_pickle_bytes().to_vec());
+            self.store
+                .apply_deferred(vec![Op::PutAccount(self.account.clone())])?;
+            self.device_dirty = false;
+        }
+        if self.staged.is_empty() {
+            return Ok(());
+        }
+        self.store.flush()?;
+        self.ready.extend(self.staged.drain(..));
+        Ok(())
+    }
+
+    /// When [`Engine::handle_timeout`] should next be called.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        let entries = self.store.outbox().ok()?;
+        entries
+            .iter()
+            .filter(|e| self.reachable(&e.peer_id) && !self.is_inflight(&e.id))
+            .map(|e| e.next_attempt_ms)
+            .min()
+    }
+
+    /// Retries envelopes whose backoff has passed.
+    pub fn handle_timeout(&mut self, now_ms: u64) {
+        if let Err(e) = self.pump_outbox(None, now_ms) {
+            self.problem(format!("outbox: {e}"));
+        }
+    }
+
+    fn problem(&mut self, message: String) {
+        self.staged.push(Output::Event(Event::Problem { message }));
+    }
+
+    fn event(&mut self, e: Event) {
+        self.staged.push(Output::Event(e));
+    }
+
+    fn tag(&mut self) -> u64 {
+        let t = self.next_tag;
+        self.next_tag += 1;
+        t
+    }
+
+    fn random_id(&mut self) -> [u8; 16] {
+        let mut id = [0u8; 16];
+        self.rng.fill_bytes(&mut id);
+        id
+    }
+
+    fn reachable(&self, peer: &str) -> bool {
+        self.peers
+            .get(peer)
+            .is_some_and(|p| p.view.connected || p.view.discovered)
+    }
+
+    fn is_inflight(&self, id: &[u8; 16]) -> bool {
+        self.pending
+            .values()
+            .any(|(_, p)| matches!(p, Pending::Envelope { id: x } if x == id))
+    }
+
+    fn peer_mut(&mut self, peer: &str, now_ms: u64) -> &mut PeerState {
+        if !self.peers.contains_key(peer) && self.peers.len() >= MAX_PEERS {
+            let victim = self
+                .peers
+                .iter()
+                .filter(|(_, p)| !p.view.connected)
+                .min_by_key(|(_, p)| p.view.last_seen_ms)
+                .map(|(k, _)| k.clone());
+            if let Some(v) = victim {
+                self.peers.remove(&v);
+            }
+        }
+        let contact = self.contact_by_peer(peer).map(|c| c.phone);
+        let p = self.peers.entry(peer.to_string()).or_default();
+        p.view.peer = peer.to_string();
+        p.view.last_seen_ms = p.view.last_seen_ms.max(now_ms);
+        if contact.is_some() {
+            p.view.contact = contact;
+        }
+        p
+    }
+
+    fn contact_by_peer(&self, peer: &str) -> Option<ContactRecord> {
+        self.store
+            .contacts()
+            .ok()?
+            .into_iter()
+            .find(|c| c.peer_id.as_deref() == Some(peer))
+    }
+
+    fn is_blocked(&self, phone: &str) -> bool {
+        self.store.block(phone).ok().flatten().is_some()
+    }
+
+    fn session(&mut self, peer: &str) -> Result<Option<&mut Session>> {
+        if !self.sessions.contains_key(peer) {
+            if let Some(p) = self.store.session(peer)? {
+                let s = Session::from_pickle_bytes(p.expose())?;
+                self.sessions.insert(peer.to_string(), s);
+            }
+        }
+        Ok(self.sessions.get_mut(peer))
+    }
+
+    fn save_session(&self, peer: &str, ops: &mut Vec<Op>) {
+        if let Some(s) = self.sessions.get(peer) {
+            ops.push(Op::PutSession {
+                peer_id: peer.to_string(),
+                pickle: SecretBytes::new(s.to_pickle_bytes().to_vec()),
+            });
+        }
+    }
+
+    fn my_card(&mut self, now_ms: u64) -> Result<ContactCard> {
+        let name = self.store.profile()?.name;
+        let card = self.device.contact_card(
+            &self.identity,
+            CardDisplay {
+                name: Some(name).filter(|n| !n.is_empty()),
+                phone: Some(self.account.phone.clone()),
+            },
+            now_ms,
+            DEFAULT_CARD_TTL_MS,
+        )?;
+        self.device_dirty = true;
+        Ok(card)
+    }
+
+    /// Encrypts a payload for `peer` and seals it. The session must exist.
+    fn seal(
+        &mut self,
+        peer: &str,
+        payload: &Payload,
+        id: [u8; 16],
+        now_ms: u64,
+    ) -> Result<Vec<u8>> {
+        let bytes = payload.encode()?;
+        let session = self
+            .session(peer)?
+            .ok_or_else(|| EngineError::NotLinked(peer.to_string()))?;
+        let ratchet = session.encrypt(&bytes)?;
+        let recipient = self
+            .recipient_keys(peer)?
+            .ok_or_else(|| EngineError::NotLinked(peer.to_string()))?;
+        let envelope = seal_envelope(
+            &self.device,
+            &self.own_keys,
+            &recipient,
+            &EnvelopeContent {
+                message_id: MessageId(id),
+                timestamp_ms: now_ms,
+                kind: PayloadKind::Pairwise,
+                payload: ratchet,
+            },
+        )?;
+        Ok(Request::Envelope(envelope).encode()?)
+    }
+
+    fn recipient_keys(&self, peer: &str) -> Result<Option<SignedDeviceKeys>> {
+        let Some(c) = self.contact_by_peer(peer) else {
+            return Ok(None);
+        };
+        let Some(card) = c.card else { return Ok(None) };
+        // The card was verified when it was stored; expiry matters only for starting sessions.
+        let card: ContactCard = instaconnect_wire::decode(&card)
+            .map_err(|_| EngineError::NotLinked(c.phone.clone()))?;
+        Ok(Some(card.device))
+    }
+
+    // ----- commands ------------------------------------------------------------------------
+
+    /// Carries out a user command. Effects are staged; call [`Engine::commit`] to make them
+    /// durable and release the frames. Returns the new message's id for `Send`.
+    pub fn command(&mut self, now_ms: u64, cmd: Command) -> Result<Option<String>> {
+        if self.staged.len() >= MAX_PENDING_OUTPUTS {
+            return Err(EngineError::Busy);
+        }
+        match cmd {
+            Command::Send { to, text } => self.send_text(&to, text, now_ms).map(Some),
+            Command::RequestContact { phone, peer } => {
+                let mut c = self
+                    .store
+                    .contact(&phone)?
+                    .ok_or_else(|| EngineError::UnknownContact(phone.clone()))?;
+                if c.peer_id.as_deref() != Some(peer.as_str()) {
+                    c.peer_id = Some(peer.clone());
+                    c.updated_at_ms = now_ms;
+                    self.store.apply_deferred(vec![Op::PutContact(c)])?;
+                }
+                self.peer_mut(&peer, now_ms).view.contact = Some(phone);
+                if self.reachable(&peer) {
+                    self.send_contact_request(&peer, now_ms)?;
+                }
+                Ok(None)
+            }
+            Command::AcceptContact { peer } => {
+                self.accept(&peer, now_ms)?;
+                Ok(None)
+            }
+            Command::MarkRead { contact } => {
+                self.mark_read(&contact, now_ms)?;
+                Ok(None)
+            }
+            Command::RequestProfile { peer } => {
+                let tag = self.tag();
+                self.pending.insert(tag, (peer.clone(), Pending::Profile));
+                let frame = Request::Profile.encode()?;
+                self.staged.push(Output::Request { peer, tag, frame });
+                Ok(None)
+            }
+        }
+    }
+
+    fn send_text(&mut self, to: &str, text: String, now_ms: u64) -> Result<String> {
+        if text.trim().is_empty() {
+            return Err(EngineError::Empty);
+        }
+        if text.len() > MAX_TEXT_BYTES {
+            return Err(EngineError::TooLong { len: text.len() });
+        }
+        let contact = self
+            .store
+            .contact(to)?
+            .ok_or_else(|| EngineError::UnknownContact(to.to_string()))?;
+        if self.is_blocked(to) {
+            return Err(EngineError::Blocked(to.to_string()));
+        }
+        let peer = contact
+            .peer_id
+            .clone()
+            .ok_or_else(|| EngineError::NotLinked(to.to_string()))?;
+        let id = self.random_id();
+        let mut conv = self.store.conversation(to)?.unwrap_or(ConversationRecord {
+            peer: to.to_string(),
+            ..ConversationRecord::default()
+        });
+        let msg = MessageRecord {
+            id,
+            peer: to.to_string(),
+            seq: conv.next_seq,
+            direction: Direction::Outgoing,
+            text,
+            sent_at_ms: now_ms,
+            stored_at_ms: now_ms,
+            state: DeliveryState::Queued,
+        };
+        conv.next_seq += 1;
+        conv.last_activity_ms = now_ms;
+        // The envelope is sealed when the message is first sent (a session may not exist yet).
+        let entry = OutboxEntry {
+            id,
+            peer_id: peer.clone(),
+            envelope: Vec::new(),
+            attempts: 0,
+            next_attempt_ms: now_ms,
+        };
+        self.store.apply_deferred(vec![
+            Op::PutMessage(msg),
+            Op::PutConversation(conv),
+            Op::PutOutbox(entry),
+        ])?;
+        self.pump_outbox(Some(&peer), now_ms)?;
+        Ok(hex(&id))
+    }
+
+    fn send_contact_request(&mut self, peer: &str, now_ms: u64) -> Result<()> {
+        let card = self.my_card(now_ms)?;
+        let tag = self.tag();
+        self.pending
+            .insert(tag, (peer.to_string(), Pending::ContactRequest));
+        let frame = Request::ContactRequest {
+            card: card.to_bytes(),
+        }
+        .encode()?;
+        self.peer_mut(peer, now_ms).requested = true;
+        self.staged.push(Output::Request {
+            peer: peer.to_string(),
+            tag,
+            frame,
+        });
+        Ok(())
+    }
+
+    fn accept(&mut self, peer: &str, now_ms: u64) -> Result<()> {
+        let req = self
+            .store
+            .contact_requests()?
+            .into_iter()
+            .find(|r| r.peer_id == peer)
+            .ok_or_else(|| EngineError::NoRequest(peer.to_string()))?;
+        let card = ContactCard::from_bytes(&req.card, now_ms)?;
+        let phone = card
+            .display
+            .phone
+            .clone()
+            .ok_or_else(|| EngineError::RequestWithoutPhone(peer.to_string()))?;
+        let mut contact = self.store.contact(&phone)?.unwrap_or(ContactRecord {
+            phone: phone.clone(),
+            name: None,
+            peer_id: None,
+            identity_key: None,
+            card: None,
+            added_at_ms: now_ms,
+            updated_at_ms: now_ms,
+        });
+        if contact.name.is_none() {
+            contact.name = card.display.name.clone();
+        }
+        contact.peer_id = Some(peer.to_string());
+        contact.identity_key = Some(card.identity().to_bytes());
+        contact.card = Some(req.card.clone());
+        contact.updated_at_ms = now_ms;
+        let mut ops = vec![
+            Op::PutContact(contact),
+            Op::RemoveContactRequest(peer.to_string()),
+        ];
+        if self.session(peer)?.is_none() {
+            let s = Session::outbound(&self.device, &card, now_ms)?;
+            self.sessions.insert(peer.to_string(), s);
+        }
+        self.store.apply_deferred(std::mem::take(&mut ops))?;
+        let mine = self.my_card(now_ms)?;
+        self.queue_ephemeral(
+            peer,
+            &Payload::ContactAccept {
+                card: mine.to_bytes(),
+            },
+            now_ms,
+        )?;
+        self.peer_mut(peer, now_ms).view.contact = Some(phone.clone());
+        self.event(Event::ContactAccepted {
+            peer: peer.to_string(),
+            phone,
+        });
+        // Anything we queued for this contact before the link can go now.
+        self.pump_outbox(Some(peer), now_ms)?;
+        Ok(())
+    }
+
+    /// Seals a payload that is not a stored message (accept, receipt) into the outbox, so it is
+    /// retried until acknowledged.
+    fn queue_ephemeral(&mut self, peer: &str, payload: &Payload, now_ms: u64) -> Result<()> {
+        let id = self.random_id();
+        let frame = self.seal(peer, payload, id, now_ms)?;
+        let mut ops = Vec::new();
+        self.save_session(peer, &mut ops);
+        ops.push(Op::PutOutbox(OutboxEntry {
+            id,
+            peer_id: peer.to_string(),
+            envelope: frame,
+            attempts: 0,
+            next_attempt_ms: now_ms,
+        }));
+        self.store.apply_deferred(ops)?;
+        self.pump_outbox(Some(peer), now_ms)
+    }
+
+    fn mark_read(&mut self, contact: &str, now_ms: u64) -> Result<()> {
+        let Some(mut conv) = self.store.conversation(contact)? else {
+            return Ok(());
+        };
+        let mut ops = Vec::new();
+        let mut ids = Vec::new();
+        for mut m in self.store.messages(contact, 0)? {
+            if m.direction == Direction::Incoming && m.state == DeliveryState::Delivered {
+                m.state = DeliveryState::Read;
+                ids.push(m.id);
+                ops.push(Op::PutMessage(m));
+            }
+        }
+        if ids.is_empty() && conv.unread == 0 {
+            return Ok(());
+        }
+        conv.unread = 0;
+        ops.push(Op::PutConversation(conv));
+        self.store.apply_deferred(ops)?;
+        let privacy = self.store.settings()?.privacy;
+        // Receipts go to contacts unless the user turned them off.
+        if privacy.receipts != Visibility::Nobody && !self.is_blocked(contact) {
+            if let Some(peer) = self.store.contact(contact)?.and_then(|c| c.peer_id) {
+                for chunk in ids.chunks(instaconnect_wire::proto::MAX_RECEIPT_IDS) {
+                    let payload = Payload::Read {
+                        ids: chunk.to_vec(),
+                    };
+                    if let Err(e) = self.queue_ephemeral(&peer, &payload, now_ms) {
+                        self.problem(format!("read receipt to {contact}: {e}"));
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends what the outbox holds for `only` (or every reachable peer) that is due, in order,
+    /// within the in-flight window.
+    fn pump_outbox(&mut self, only: Option<&str>, now_ms: u64) -> Result<()> {
+        let entries = self.store.outbox()?;
+        // Oldest first per peer: messages by their conversation order, then ephemeral ones.
+        let mut by_peer: BTreeMap<String, Vec<(u64, OutboxEntry)>> = BTreeMap::new();
+        for e in entries {
+            if only.is_some_and(|p| p != e.peer_id) {
+                continue;
+            }
+            let order = match self.store.message(&e.id)? {
+                Some(m) => m.seq,
+                None => 0,
+            };
+            by_peer
+                .entry(e.peer_id.clone())
+                .or_default()
+                .push((order, e));
+        }
+        for (peer, mut list) in by_peer {
+            if !self.reachable(&peer) {
+                continue;
+            }
+            list.sort_by_key(|(o, e)| (*o, e.id));
+            for (_, mut e) in list {
+                if self.peers.get(&peer).map_or(0, |p| p.inflight) >= MAX_INFLIGHT_PER_PEER {
+                    break;
+                }
+                if e.next_attempt_ms > now_ms || self.is_inflight(&e.id) {
+                    continue;
+                }
+                if e.envelope.is_empty() {
+                    // A text queued before it could be sealed.
+                    let Some(msg) = self.store.message(&e.id)? else {
+                        self.store.apply_deferred(vec![Op::RemoveOutbox(e.id)])?;
+                        continue;
+                    };
+                    if self.session(&peer)?.is_none() || self.recipient_keys(&peer)?.is_none() {
+                        // Not linked yet: ask, and keep the message queued.
+                        let asked = self.peers.get(&peer).is_some_and(|p| p.requested);
+                        if !asked && self.peers.get(&peer).is_some_and(|p| p.view.connected) {
+                            self.send_contact_request(&peer, now_ms)?;
+                        }
+                        break;
+                    }
+                    e.envelope =
+                        self.seal(&peer, &Payload::Text { text: msg.text }, e.id, now_ms)?;
+                    let mut ops = Vec::new();
+                    self.save_session(&peer, &mut ops);
+                    ops.push(Op::PutOutbox(e.clone()));
+                    self.store.apply_deferred(ops)?;
+                }
+                let tag = self.tag();
+                self.pending
+                    .insert(tag, (peer.clone(), Pending::Envelope { id: e.id }));
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    p.inflight += 1;
+                }
+                self.staged.push(Output::Request {
+                    peer: peer.clone(),
+                    tag,
+                    frame: e.envelope.clone(),
+                });
+                self.set_state(&e.id, DeliveryState::Sent)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves an outgoing message forward to `state` (never backwards).
+    fn set_state(&mut self, id: &[u8; 16], state: DeliveryState) -> Result<()> {
+        if let Some(mut m) = self.store.message(id)? {
+            if m.direction == Direction::Outgoing && m.state < state {
+                m.state = state;
+                let to = m.peer.clone();
+                self.store.apply_deferred(vec![Op::PutMessage(m)])?;
+                self.event(Event::StateChanged {
+                    to,
+                    id: hex(id),
+                    state,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    // ----- network input -------------------------------------------------------------------
+
+    pub fn handle_input(&mut self, now_ms: u64, input: Input) {
+        if let Err(e) = self.input(now_ms, input) {
+            self.problem(e.to_string());
+        }
+    }
+
+    fn input(&mut self, now_ms: u64, input: Input) -> Result<()> {
+        match input {
+            Input::Discovered { peer, addrs } => {
+                let p = self.peer_mut(&peer, now_ms);
+                let new = !p.view.discovered;
+                p.view.discovered = true;
+                p.view.addrs = addrs;
+                if new {
+                    self.event(Event::PeerDiscovered { peer: peer.clone() });
+                    self.command(now_ms, Command::RequestProfile { peer: peer.clone() })?;
+                }
+                self.pump_outbox(Some(&peer), now_ms)?;
+            }
+            Input::Lost { peer } => {
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    p.view.discovered = false;
+                    self.event(Event::PeerLost { peer });
+                }
+            }
+            Input::Connected { peer } => {
+                let p = self.peer_mut(&peer, now_ms);
+                let was = p.view.connected;
+                p.view.connected = true;
+                p.requested = false;
+                if !was {
+                    self.on_connected(&peer, now_ms)?;
+                }
+            }
+            Input::Disconnected { peer } => {
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    p.view.connected = false;
+                    p.view.last_seen_ms = p.view.last_seen_ms.max(now_ms);
+                    if p.view.online {
+                        p.view.online = false;
+                        self.event(Event::Presence {
+                            peer: peer.clone(),
+                            online: false,
+                        });
+                    }
+                }
+            }
+            Input::Request {
+                peer,
+                frame,
+                channel,
+            } => self.on_request(&peer, &frame, channel, now_ms)?,
+            Input::Response { peer, tag, frame } => self.on_response(&peer, tag, &frame, now_ms)?,
+            Input::RequestFailed { peer, tag, .. } => self.on_failed(&peer, tag, now_ms)?,
+        }
+        Ok(())
+    }
+
+    fn on_connected(&mut self, peer: &str, now_ms: u64) -> Result<()> {
+        // Everything due for this peer goes now, whatever its backoff said.
+        let mut ops = Vec::new();
+        for mut e in self.store.outbox()? {
+            if e.peer_id == peer && e.next_attempt_ms > now_ms {
+                e.next_attempt_ms = now_ms;
+                ops.push(Op::PutOutbox(e));
+            }
+        }
+        self.store.apply_deferred(ops)?;
+        let contact = self.contact_by_peer(peer);
+        if let Some(c) = &contact {
+            let privacy = self.store.settings()?.privacy;
+            let linked = self.session(peer)?.is_some() && c.card.is_some();
+            if !linked {
+                self.send_contact_request(peer, now_ms)?;
+            } else if privacy.online != Visibility::Nobody && !self.is_blocked(&c.phone) {
+                let id = self.random_id();
+                match self.seal(peer, &Payload::Presence { online: true }, id, now_ms) {
+                    Ok(frame) => {
+                        let mut ops = Vec::new();
+                        self.save_session(peer, &mut ops);
+                        self.store.apply_deferred(ops)?;
+                        let tag = self.tag();
+                        self.pending
+                            .insert(tag, (peer.to_string(), Pending::Ephemeral));
+                        self.staged.push(Output::Request {
+                            peer: peer.to_string(),
+                            tag,
+                            frame,
+                        });
+                    }
+                    Err(e) => self.problem(format!("presence to {}: {e}", c.phone)),
+                }
+            }
+        }
+        if self
+            .peers
+            .get(peer)
+            .is_some_and(|p| p.view.profile.is_none())
+        {
+            self.command(
+                now_ms,
+                Command::RequestProfile {
+                    peer: peer.to_string(),
+                },
+            )?;
+        }
+        self.pump_outbox(Some(peer), now_ms)
+    }
+
+    fn respond(&mut self, channel: u64, r: Response) -> Result<()> {
+        let frame = r.encode()?;
+        self.staged.push(Output::Respond { channel, frame });
+        Ok(())
+    }
+
+    fn bad_frame(&mut self, peer: &str, channel: u64, now_ms: u64) -> Result<()> {
+        self.respond(channel, Response::Malformed)?;
+        let p = self.peer_mut(peer, now_ms);
+        p.bad_frames += 1;
+        if p.bad_frames >= MAX_BAD_FRAMES {
+            p.bad_frames = 0;
+            self.staged.push(Output::Disconnect {
+                peer: peer.to_string(),
+            });
+            self.event(Event::Misbehaving {
+                peer: peer.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    fn on_request(&mut self, peer: &str, frame: &[u8], channel: u64, now_ms: u64) -> Result<()> {
+        self.peer_mut(peer, now_ms);
+        if self.staged.len() >= MAX_PENDING_OUTPUTS {
+            return self.respond(channel, Response::NotNow);
+        }
+        let req = match Request::decode(frame) {
+            Ok(r) => r,
+            Err(ProtoError::UnsupportedVersion(v)) => {
+                self.event(Event::UnsupportedVersion {
+                    peer: peer.to_string(),
+                    version: v,
+                });
+                return self.respond(
+                    channel,
+                    Response::UnsupportedVersion {
+                        supported: instaconnect_wire::PROTOCOL_VERSION,
+                    },
+                );
+            }
+            Err(_) => return self.bad_frame(peer, channel, now_ms),
+        };
+        match req {
+            Request::Profile => {
+                let reply = self.profile_for(peer)?;
+                self.respond(channel, Response::Profile(reply))
+            }
+            Request::ContactRequest { card } => {
+                self.on_contact_request(peer, card, channel, now_ms)
+            }
+            Request::Envelope(env) => self.on_envelope(peer, &env, channel, now_ms),
+        }
+    }
+
+    /// The profile fields our privacy settings show `peer`; nothing for blocked peers.
+    fn profile_for(&self, peer: &str) -> Result<ProfileReply> {
+        let contact = self.contact_by_peer(peer);
+        if contact.as_ref().is_some_and(|c| self.is_blocked(&c.phone)) {
+            return Ok(ProfileReply::default());
+        }
+        let is_contact = contact.is_some();
+        let allowed = |v: Visibility| match v {
+            Visibility::Everyone => true,
+            Visibility::Contacts => is_contact,
+            Visibility::Nobody => false,
+        };
+        let privacy = self.store.settings()?.privacy;
+        let profile = self.store.profile()?;
+        Ok(ProfileReply {
+            phone: allowed(privacy.phone).then(|| self.account.phone.clone()),
+            name: allowed(privacy.name).then(|| profile.name.clone()),
+            status: allowed(privacy.status)
+                .then(|| profile.status.clone())
+                .filter(|s| !s.is_empty()),
+            picture_thumbnail: if allowed(privacy.picture) {
+                profile.picture.map(|p| p.thumbnail_png)
+            } else {
+                None
+            },
+        })
+    }
+
+    fn on_contact_request(
+        &mut self,
+        peer: &str,
+        card: Vec<u8>,
+        channel: u64,
+        now_ms: u64,
+    ) -> Result<()> {
+        let parsed = match ContactCard::from_bytes(&card, now_ms) {
+            Ok(c) if c.identity().peer_id() == peer => c,
+            _ => return self.bad_frame(peer, channel, now_ms),
+        };
+        let blocked = parsed
+            .display
+            .phone
+            .as_deref()
+            .is_some_and(|p| self.is_blocked(p));
+        let known = self.store.contact_requests()?;
+        let linked = self.contact_by_peer(peer).is_some_and(|c| c.card.is_some())
+            && self.session(peer)?.is_some();
+        if !blocked
+            && !linked
+            && (known.len() < MAX_CONTACT_REQUESTS || known.iter().any(|r| r.peer_id == peer))
+        {
+            let fresh = !known.iter().any(|r| r.peer_id == peer);
+            self.store
+                .apply_deferred(vec![Op::PutContactRequest(ContactRequestRecord {
+                    peer_id: peer.to_string(),
+                    card,
+                    received_at_ms: now_ms,
+                })])?;
+            if fresh {
+                self.event(Event::ContactRequest {
+                    peer: peer.to_string(),
+                    phone: parsed.display.phone.clone(),
+                    name: parsed.display.name.clone(),
+                });
+            }
+        }
+        // Blocked requesters get the same answer and nothing else.
+        self.respond(channel, Response::ContactRequestReceived)
+    }
+
+    fn on_envelope(&mut self, peer: &str, env: &[u8], channel: u64, now_ms: u64) -> Result<()> {
+        let opened = match open_envelope(&self.device, env) {
+            Ok(o) => o,
+            Err(_) => return self.bad_frame(peer, channel, now_ms),
+        };
+        let sender_peer = opened.sender.identity.peer_id();
+        if sender_peer != peer {
+            // Direct delivery: the transport identity must be the sealed sender.
+            return self.bad_frame(peer, channel, now_ms);
+        }
+        let id = opened.message_id.0;
+        // Dedupe before decrypting: a retry of something stored must not touch the ratchet.
+        if self.store.message(&id)?.is_some() || self.store.seen(&id)? {
+            return self.respond(channel, Response::Ack(id));
+        }
+        let Some(contact) = self.contact_by_peer(peer) else {
+            return self.respond(channel, Response::NotNow);
+        };
+        if self.is_blocked(&contact.phone) {
+            return self.respond(channel, Response::NotNow);
+        }
+        // Decrypt with the session we have, or start the inbound one from a pre-key message.
+        let have = self.session(peer)?.is_some();
+        let plaintext = if have
+            && (!Session::is_prekey_message(&opened.payload)
+                || self
+                    .sessions
+                    .get(peer)
+                    .is_some_and(|s| s.matches_prekey(&opened.payload)))
+        {
+            let s = self.sessions.get_mut(peer).expect("loaded above");
+            match s.decrypt_from(&opened.sender, &opened.payload) {
+                Ok(p) => p,
+                Err(_) => return self.bad_frame(peer, channel, now_ms),
+            }
+        } else if Session::is_prekey_message(&opened.payload) {
+            match Session::inbound(&mut self.device, &opened.sender, &opened.payload) {
+                Ok((s, p)) => {
+                    self.sessions.insert(peer.to_string(), s);
+                    self.device_dirty = true;
+                    p
+                }
+                Err(_) => return self.bad_frame(peer, channel, now_ms),
+            }
+        } else {
+            return self.respond(channel, Response::NotNow);
+        };
+        let payload = match Payload::decode(&plaintext) {
+            Ok(p) => p,
+            Err(_) => return self.bad_frame(peer, channel, now_ms),
+        };
+        let mut ops = Vec::new();
+        self.save_session(peer, &mut ops);
+        match payload {
+            Payload::Text { text } => {
+                let mut conv =
+                    self.store
+                        .conversation(&contact.phone)?
+                        .unwrap_or(ConversationRecord {
+                            peer: contact.phone.clone(),
+                            ..ConversationRecord::default()
+                        });
+                ops.push(Op::PutMessage(MessageRecord {
+                    id,
+                    peer: contact.phone.clone(),
+                    seq: conv.next_seq,
+                    direction: Direction::Incoming,
+                    text: text.clone(),
+                    sent_at_ms: opened.timestamp_ms,
+                    stored_at_ms: now_ms,
+                    state: DeliveryState::Delivered,
+                }));
+                conv.next_seq += 1;
+                conv.unread = conv.unread.saturating_add(1);
+                conv.last_activity_ms = now_ms;
+                ops.push(Op::PutConversation(conv));
+                self.store.apply_deferred(ops)?;
+                self.event(Event::MessageReceived {
+                    from: contact.phone,
+                    id: hex(&id),
+                    text,
+                    sent_at_ms: opened.timestamp_ms,
+                });
+            }
+            Payload::Read { ids } => {
+                ops.push(Op::MarkSeen(id));
+                self.store.apply_deferred(ops)?;
+                for m in ids {
+                    if self
+                        .store
+                        .message(&m)?
+                        .is_some_and(|r| r.peer == contact.phone)
+                    {
+                        self.set_state(&m, DeliveryState::Read)?;
+                    }
+                }
+            }
+            Payload::Presence { online } => {
+                ops.push(Op::MarkSeen(id));
+                self.store.apply_deferred(ops)?;
+                let p = self.peer_mut(peer, now_ms);
+                if p.view.online != online {
+                    p.view.online = online;
+                    self.event(Event::Presence {
+                        peer: peer.to_string(),
+                        online,
+                    });
+                }
+            }
+            Payload::ContactAccept { card } => {
+                let parsed = match ContactCard::from_bytes(&card, now_ms) {
+                    Ok(c) if c.identity() == opened.sender.identity => c,
+                    _ => return self.bad_frame(peer, channel, now_ms),
+                };
+                let mut c = contact.clone();
+                c.identity_key = Some(parsed.identity().to_bytes());
+                c.card = Some(card);
+                if c.name.is_none() {
+                    c.name = parsed.display.name.clone();
+                }
+                c.updated_at_ms = now_ms;
+                ops.push(Op::PutContact(c));
+                ops.push(Op::MarkSeen(id));
+                ops.push(Op::RemoveContactRequest(peer.to_string()));
+                self.store.apply_deferred(ops)?;
+                self.event(Event::ContactAccepted {
+                    peer: peer.to_string(),
+                    phone: contact.phone.clone(),
+                });
+                self.pump_outbox(Some(peer), now_ms)?;
+            }
+        }
+        self.respond(channel, Response::Ack(id))
+    }
+
+    fn on_response(&mut self, peer: &str, tag: u64, frame: &[u8], now_ms: u64) -> Result<()> {
+        let Some((_, what)) = self.pending.remove(&tag) else {
+            return Ok(());
+        };
+        if let Pending::Envelope { .. } = what {
+            if let Some(p) = self.peers.get_mut(peer) {
+                p.inflight = p.inflight.saturating_sub(1);
+            }
+        }
+        let resp = match Response::decode(frame) {
+            Ok(r) => r,
+            Err(ProtoError::UnsupportedVersion(v)) => {
+                self.event(Event::UnsupportedVersion {
+                    peer: peer.to_string(),
+                    version: v,
+                });
+                return self.retry_later(what, now_ms);
+            }
+            Err(_) => return self.retry_later(what, now_ms),
+        };
+        match (what, resp) {
+            (Pending::Envelope { id }, Response::Ack(acked)) if acked == id => {
+                self.store.apply_deferred(vec![Op::RemoveOutbox(id)])?;
+                self.set_state(&id, DeliveryState::Delivered)?;
+                self.pump_outbox(Some(peer), now_ms)?;
+            }
+            (Pending::Profile, Response::Profile(reply)) => {
+                let view = ProfileView {
+                    phone: reply.phone,
+                    name: reply.name,
+                    status: reply.status,
+                    has_picture: reply.picture_thumbnail.is_some(),
+                };
+                self.peer_mut(peer, now_ms).view.profile = Some(view.clone());
+                self.event(Event::Profile {
+                    peer: peer.to_string(),
+                    profile: view,
+                });
+            }
+            (Pending::ContactRequest, _) | (Pending::Ephemeral, _) | (Pending::Profile, _) => {}
+            (what @ Pending::Envelope { .. }, Response::UnsupportedVersion { supported }) => {
+                self.event(Event::UnsupportedVersion {
+                    peer: peer.to_string(),
+                    version: supported,
+                });
+                self.retry_later(what, now_ms)?;
+            }
+            (what, _) => self.retry_later(what, now_ms)?,
+        }
+        Ok(())
+    }
+
+    fn on_failed(&mut self, peer: &str, tag: u64, now_ms: u64) -> Result<()> {
+        let Some((_, what)) = self.pending.remove(&tag) else {
+            return Ok(());
+        };
+        if let Pending::Envelope { .. } = what {
+            if let Some(p) = self.peers.get_mut(peer) {
+                p.inflight = p.inflight.saturating_sub(1);
+            }
+        }
+        self.retry_later(what, now_ms)
+    }
+
+    /// Backs off an envelope: exponential with jitter from the injected RNG.
+    fn retry_later(&mut self, what: Pending, now_ms: u64) -> Result<()> {
+        let Pending::Envelope { id } = what else {
+            return Ok(());
+        };
+        let Some(mut e) = self.store.outbox()?.into_iter().find(|e| e.id == id) else {
+            return Ok(());
+        };
+        e.attempts = e.attempts.saturating_add(1);
+        let exp = RETRY_BASE_MS.saturating_mul(1u64 << e.attempts.min(16));
+        let delay = exp.min(RETRY_MAX_MS);
+        let jitter = self.rng.next_u64() % (delay / 4 + 1);
+        e.next_attempt_ms = now_ms + delay + jitter;
+        self.store.apply_deferred(vec![Op::PutOutbox(e)])?;
+        Ok(())
+    }
+}

@@ -1,0 +1,651 @@
+//! Engines wired together in memory with virtual time: linking, ordering, retries after loss,
+//! dedupe, receipts on and off, presence, privacy filtering, blocking and bad frames.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use instaconnect_core::book::Book;
+use instaconnect_core::engine::{Command, Engine, Event, Input, Output, MAX_BAD_FRAMES};
+use instaconnect_core::phone::Phone;
+use instaconnect_store::{MemStore, Store};
+use instaconnect_wire::records::{DeliveryState, Direction, MessageRecord};
+
+struct Node {
+    engine: Engine,
+    phone: String,
+    events: Vec<Event>,
+}
+
+/// What the in-memory network does with the next request frames.
+#[derive(Clone, Copy, PartialEq)]
+enum Fault {
+    /// Deliver nothing: the request fails.
+    DropRequest,
+    /// Deliver the request but lose the response.
+    DropResponse,
+}
+
+struct Mesh {
+    nodes: Vec<Node>,
+    now: u64,
+    links: HashSet<(usize, usize)>,
+    /// Channel id -> (requester, tag, responder).
+    channels: HashMap<u64, (usize, u64, usize)>,
+    next_channel: u64,
+    /// Faults applied to the next requests from node i to node j, in order.
+    faults: HashMap<(usize, usize), VecDeque<Fault>>,
+    /// Requests in flight: (from, to, tag, frame).
+    wire: VecDeque<(usize, usize, u64, Vec<u8>)>,
+}
+
+fn account(phone: &str, name: &str) -> Arc<dyn Store> {
+    let store: Arc<dyn Store> = Arc::new(MemStore::new());
+    Book::new(store.as_ref())
+        .create_account(&Phone::parse(phone, None).unwrap(), name, None, 1)
+        .unwrap();
+    store
+}
+
+impl Mesh {
+    fn new(people: &[(&str, &str)]) -> Mesh {
+        let nodes = people
+            .iter()
+            .enumerate()
+            .map(|(i, (phone, name))| Node {
+                engine: Engine::new(account(phone, name), [i as u8 + 1; 32]).unwrap(),
+                phone: phone.to_string(),
+                events: Vec::new(),
+            })
+            .collect();
+        Mesh {
+            nodes,
+            now: 1_000_000,
+            links: HashSet::new(),
+            channels: HashMap::new(),
+            next_channel: 1,
+            faults: HashMap::new(),
+            wire: VecDeque::new(),
+        }
+    }
+
+    fn id(&self, i: usize) -> String {
+        self.nodes[i].engine.peer_id()
+    }
+
+    fn index(&self, peer: &str) -> usize {
+        self.nodes
+            .iter()
+            .position(|n| n.engine.peer_id() == peer)
+            .expect("known peer")
+    }
+
+    fn book(&self, i: usize) -> Book<'_> {
+        Book::new(self.nodes[i].engine.store().as_ref())
+    }
+
+    fn linked(&self, a: usize, b: usize) -> bool {
+        self.links.contains(&(a.min(b), a.max(b)))
+    }
+
+    fn connect(&mut self, a: usize, b: usize) {
+        self.links.insert((a.min(b), a.max(b)));
+        let (ida, idb) = (self.id(a), self.id(b));
+        let now = self.now;
+        self.nodes[a]
+            .engine
+            .handle_input(now, Input::Connected { peer: idb });
+        self.nodes[b]
+            .engine
+            .handle_input(now, Input::Connected { peer: ida });
+        self.run();
+    }
+
+    fn disconnect(&mut self, a: usize, b: usize) {
+        self.links.remove(&(a.min(b), a.max(b)));
+        let (ida, idb) = (self.id(a), self.id(b));
+        let now = self.now;
+        self.nodes[a]
+            .engine
+            .handle_input(now, Input::Disconnected { peer: idb });
+        self.nodes[b]
+            .engine
+            .handle_input(now, Input::Disconnected { peer: ida });
+        self.run();
+    }
+
+    fn command(&mut self, i: usize, cmd: Command) -> Option<String> {
+        let now = self.now;
+        let r = self.nodes[i].engine.command(now, cmd).unwrap();
+        self.run();
+        r
+    }
+
+    /// Delivers everything until nothing moves.
+    fn run(&mut self) {
+        for _ in 0..100_000 {
+            let mut moved = false;
+            for i in 0..self.nodes.len() {
+                self.nodes[i].engine.commit().unwrap();
+                while let Some(o) = self.nodes[i].engine.poll_output() {
+                    moved = true;
+                    self.route(i, o);
+                }
+            }
+            if let Some((from, to, tag, frame)) = self.wire.pop_front() {
+                moved = true;
+                let fault = self.faults.get_mut(&(from, to)).and_then(|q| q.pop_front());
+                let (idf, idt) = (self.id(from), self.id(to));
+                let now = self.now;
+                if !self.linked(from, to) || fault == Some(Fault::DropRequest) {
+                    self.nodes[from].engine.handle_input(
+                        now,
+                        Input::RequestFailed {
+                            peer: idt,
+                            tag,
+                            error: "unreachable".into(),
+                        },
+                    );
+                } else {
+                    let channel = self.next_channel;
+                    self.next_channel += 1;
+                    if fault != Some(Fault::DropResponse) {
+                        self.channels.insert(channel, (from, tag, to));
+                    } else {
+                        // The response will be lost: the requester sees a failure.
+                        self.nodes[from].engine.handle_input(
+                            now,
+                            Input::RequestFailed {
+                                peer: idt.clone(),
+                                tag,
+                                error: "response lost".into(),
+                            },
+                        );
+                    }
+                    self.nodes[to].engine.handle_input(
+                        now,
+                        Input::Request {
+                            peer: idf,
+                            frame,
+                            channel,
+                        },
+                    );
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+        panic!("the mesh did not settle");
+    }
+
+    fn route(&mut self, i: usize, o: Output) {
+        let now = self.now;
+        match o {
+            Output::Request { peer, tag, frame } => {
+                let to = self.index(&peer);
+                self.wire.push_back((i, to, tag, frame));
+            }
+            Output::Respond { channel, frame } => {
+                if let Some((requester, tag, responder)) = self.channels.remove(&channel) {
+                    let peer = self.id(responder);
+                    self.nodes[requester]
+                        .engine
+                        .handle_input(now, Input::Response { peer, tag, frame });
+                }
+            }
+            Output::Disconnect { peer } => {
+                let j = self.index(&peer);
+                self.disconnect(i, j);
+            }
+            Output::Event(e) => self.nodes[i].events.push(e),
+        }
+    }
+
+    /// Advances virtual time to the next retry of any engine and runs it.
+    fn advance(&mut self) -> bool {
+        let next = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.engine.poll_timeout())
+            .min();
+        match next {
+            Some(t) => {
+                self.now = self.now.max(t);
+                let now = self.now;
+                for n in &mut self.nodes {
+                    n.engine.handle_timeout(now);
+                }
+                self.run();
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn history(&self, i: usize, with: usize) -> Vec<MessageRecord> {
+        self.nodes[i]
+            .engine
+            .store()
+            .messages(&self.nodes[with].phone, 0)
+            .unwrap()
+    }
+
+    /// Makes a and b contacts of each other through request and accept.
+    fn befriend(&mut self, a: usize, b: usize) {
+        let phone_b = self.nodes[b].phone.clone();
+        self.book(a)
+            .add_contact(&Phone::parse(&phone_b, None).unwrap(), Some("friend"), 2)
+            .unwrap();
+        let idb = self.id(b);
+        self.command(
+            a,
+            Command::RequestContact {
+                phone: phone_b,
+                peer: idb.clone(),
+            },
+        );
+        let ida = self.id(a);
+        assert!(
+            self.nodes[b]
+                .events
+                .iter()
+                .any(|e| matches!(e, Event::ContactRequest { peer, .. } if *peer == ida)),
+            "b sees a's contact request: {:?}",
+            self.nodes[b].events
+        );
+        self.command(b, Command::AcceptContact { peer: ida });
+        assert!(
+            self.nodes[a]
+                .events
+                .iter()
+                .any(|e| matches!(e, Event::ContactAccepted { peer, .. } if *peer == idb)),
+            "a sees b's acceptance: {:?}",
+            self.nodes[a].events
+        );
+    }
+}
+
+fn texts(h: &[MessageRecord]) -> Vec<&str> {
+    h.iter().map(|m| m.text.as_str()).collect()
+}
+
+fn states(h: &[MessageRecord]) -> Vec<DeliveryState> {
+    h.iter().map(|m| m.state).collect()
+}
+
+const ASHA: (&str, &str) = ("+919812345678", "Asha");
+const RAVI: (&str, &str) = ("+919812340001", "Ravi");
+const MEERA: (&str, &str) = ("+919812340002", "Meera");
+
+fn send(m: &mut Mesh, from: usize, to: usize, text: &str) -> String {
+    let phone = m.nodes[to].phone.clone();
+    m.command(
+        from,
+        Command::Send {
+            to: phone,
+            text: text.into(),
+        },
+    )
+    .unwrap()
+}
+
+#[test]
+fn linked_contacts_chat_both_ways_in_order_with_delivered_states() {
+    let mut m = Mesh::new(&[ASHA, RAVI]);
+    m.connect(0, 1);
+    m.befriend(0, 1);
+    for t in ["one", "two", "three"] {
+        send(&mut m, 0, 1, t);
+    }
+    send(&mut m, 1, 0, "back");
+    let at_ravi = m.history(1, 0);
+    assert_eq!(texts(&at_ravi), vec!["one", "two", "three", "back"]);
+    assert_eq!(at_ravi[0].direction, Direction::Incoming);
+    let at_asha = m.history(0, 1);
+    assert_eq!(texts(&at_asha), vec!["one", "two", "three", "back"]);
+    assert_eq!(
+        states(&at_asha)[..3],
+        [DeliveryState::Delivered; 3],
+        "each text was acked end to end"
+    );
+    assert!(m.nodes[0].engine.store().outbox().unwrap().is_empty());
+    assert_eq!(
+        m.nodes[1]
+            .engine
+            .store()
+            .conversation(ASHA.0)
+            .unwrap()
+            .unwrap()
+            .unread,
+        3
+    );
+}
+
+#[test]
+fn messages_queued_while_apart_arrive_after_reconnecting() {
+    let mut m = Mesh::new(&[ASHA, RAVI]);
+    m.connect(0, 1);
+    m.befriend(0, 1);
+    m.disconnect(0, 1);
+    send(&mut m, 0, 1, "are you there?");
+    send(&mut m, 0, 1, "hello?");
+    assert_eq!(states(&m.history(0, 1)), vec![DeliveryState::Queued; 2]);
+    assert!(m.history(1, 0).is_empty());
+    m.connect(0, 1);
+    assert_eq!(texts(&m.history(1, 0)), vec!["are you there?", "hello?"]);
+    assert_eq!(states(&m.history(0, 1)), vec![DeliveryState::Delivered; 2]);
+}
+
+#[test]
+fn lost_requests_are_retried_with_backoff_and_lost_acks_never_duplicate() {
+    let mut m = Mesh::new(&[ASHA, RAVI]);
+    m.connect(0, 1);
+    m.befriend(0, 1);
+    m.faults.insert(
+        (0, 1),
+        VecDeque::from([Fault::DropRequest, Fault::DropRequest, Fault::DropResponse]),
+    );
+    send(&mut m, 0, 1, "persistent");
+    // First attempt dropped: still in flight from the sender's point of view.
+    assert_eq!(states(&m.history(0, 1)), vec![DeliveryState::Sent]);
+    let start = m.now;
+    let mut rounds = 0;
+    while m.history(0, 1)[0].state != DeliveryState::Delivered {
+        assert!(m.advance(), "a retry is always scheduled");
+        rounds += 1;
+        assert!(rounds < 10);
+    }
+    assert!(m.now - start >= 1_000, "retries back off");
+    // Received exactly once although the third attempt's ack was lost after it was stored.
+    assert_eq!(texts(&m.history(1, 0)), vec!["persistent"]);
+}
+
+#[test]
+fn read_receipts_follow_the_readers_privacy() {
+    let mut m = Mesh::new(&[ASHA, RAVI, MEERA]);
+    m.connect(0, 1);
+    m.connect(0, 2);
+    m.befriend(0, 1);
+    m.befriend(0, 2);
+    m.book(2).set_privacy("receipts", "nobody").unwrap();
+    send(&mut m, 0, 1, "to ravi");
+    send(&mut m, 0, 2, "to meera");
+    m.command(
+        1,
+        Command::MarkRead {
+            contact: ASHA.0.into(),
+        },
+    );
+    m.command(
+        2,
+        Command::MarkRead {
+            contact: ASHA.0.into(),
+        },
+    );
+    assert_eq!(states(&m.history(0, 1)), vec![DeliveryState::Read]);
+    assert_eq!(
+        states(&m.history(0, 2)),
+        vec![DeliveryState::Delivered],
+        "meera turned receipts off"
+    );
+    // Both readers see their own copy as read.
+    assert_eq!(states(&m.history(1, 0)), vec![DeliveryState::Read]);
+    assert_eq!(states(&m.history(2, 0)), vec![DeliveryState::Read]);
+}
+
+#[test]
+fn presence_is_shown_only_as_privacy_allows() {
+    let mut m = Mesh::new(&[ASHA, RAVI, MEERA]);
+    m.connect(0, 1);
+    m.connect(0, 2);
+    m.befriend(0, 1);
+    m.befriend(0, 2);
+    m.book(2).set_privacy("online", "nobody").unwrap();
+    m.disconnect(0, 1);
+    m.disconnect(0, 2);
+    m.nodes[0].events.clear();
+    m.connect(0, 1);
+    m.connect(0, 2);
+    let (ravi, meera) = (m.id(1), m.id(2));
+    let online: Vec<&String> = m.nodes[0]
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Presence { peer, online: true } => Some(peer),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(online, vec![&ravi], "meera hides her online status");
+    let peers = m.nodes[0].engine.peers();
+    assert!(peers.iter().any(|p| p.peer == ravi && p.online));
+    assert!(peers
+        .iter()
+        .any(|p| p.peer == meera && !p.online && p.connected));
+}
+
+#[test]
+fn profile_replies_are_filtered_by_privacy_and_empty_for_blocked_peers() {
+    let mut m = Mesh::new(&[ASHA, RAVI, MEERA]);
+    m.connect(0, 1);
+    m.connect(0, 2);
+    m.connect(1, 2);
+    m.befriend(0, 1);
+    m.book(0)
+        .set_profile(None, Some("at the library"), None, 3)
+        .unwrap();
+    m.book(0).set_privacy("status", "contacts").unwrap();
+    let asha = m.id(0);
+    // Ravi is a contact: he sees the phone (contacts) and status (contacts).
+    m.command(1, Command::RequestProfile { peer: asha.clone() });
+    m.command(2, Command::RequestProfile { peer: asha.clone() });
+    let profile_seen = |n: &Node| {
+        n.events
+            .iter()
+            .rev()
+            .find_map(|e| match e {
+                Event::Profile { peer, profile } if *peer == asha => Some(profile.clone()),
+                _ => None,
+            })
+            .expect("a profile reply")
+    };
+    let by_ravi = profile_seen(&m.nodes[1]);
+    assert_eq!(by_ravi.phone.as_deref(), Some(ASHA.0));
+    assert_eq!(by_ravi.name.as_deref(), Some("Asha"));
+    assert_eq!(by_ravi.status.as_deref(), Some("at the library"));
+    // Meera is not a contact: name only (everyone), no phone, no status.
+    let by_meera = profile_seen(&m.nodes[2]);
+    assert_eq!(by_meera.phone, None);
+    assert_eq!(by_meera.name.as_deref(), Some("Asha"));
+    assert_eq!(by_meera.status, None);
+    // Blocked: nothing at all.
+    m.book(0).block(RAVI.0, None, 4).unwrap();
+    m.command(1, Command::RequestProfile { peer: asha.clone() });
+    assert_eq!(profile_seen(&m.nodes[1]), Default::default());
+}
+
+#[test]
+fn a_blocked_senders_messages_are_dropped_and_never_delivered() {
+    let mut m = Mesh::new(&[ASHA, RAVI]);
+    m.connect(0, 1);
+    m.befriend(0, 1);
+    m.book(1).block(ASHA.0, None, 5).unwrap();
+    send(&mut m, 0, 1, "let me in");
+    assert!(m.history(1, 0).is_empty(), "nothing stored at the blocker");
+    assert_eq!(states(&m.history(0, 1)), vec![DeliveryState::Sent]);
+    assert!(m.nodes[1]
+        .events
+        .iter()
+        .all(|e| !matches!(e, Event::MessageReceived { .. })));
+    // Unblocking lets the retry through.
+    m.book(1).unblock(ASHA.0, None).unwrap();
+    while m.history(0, 1)[0].state != DeliveryState::Delivered {
+        assert!(m.advance());
+    }
+    assert_eq!(texts(&m.history(1, 0)), vec!["let me in"]);
+}
+
+#[test]
+fn contact_requests_from_blocked_numbers_are_not_shown() {
+    let mut m = Mesh::new(&[ASHA, RAVI]);
+    m.connect(0, 1);
+    m.book(1).block(ASHA.0, None, 5).unwrap();
+    m.book(0)
+        .add_contact(&Phone::parse(RAVI.0, None).unwrap(), None, 2)
+        .unwrap();
+    let ravi = m.id(1);
+    m.command(
+        0,
+        Command::RequestContact {
+            phone: RAVI.0.into(),
+            peer: ravi,
+        },
+    );
+    assert!(m.nodes[1]
+        .events
+        .iter()
+        .all(|e| !matches!(e, Event::ContactRequest { .. })));
+    assert!(m.nodes[1]
+        .engine
+        .store()
+        .contact_requests()
+        .unwrap()
+        .is_empty());
+}
+
+#[test]
+fn a_peer_sending_garbage_is_disconnected_after_a_bounded_number_of_frames() {
+    let mut m = Mesh::new(&[ASHA, RAVI]);
+    m.connect(0, 1);
+    let ravi = m.id(1);
+    let now = m.now;
+    for c in 0..MAX_BAD_FRAMES as u64 {
+        m.nodes[0].engine.handle_input(
+            now,
+            Input::Request {
+                peer: ravi.clone(),
+                frame: vec![1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
+                channel: 10_000 + c,
+            },
+        );
+    }
+    m.nodes[0].engine.commit().unwrap();
+    let mut outs = Vec::new();
+    while let Some(o) = m.nodes[0].engine.poll_output() {
+        outs.push(o);
+    }
+    let malformed = instaconnect_wire::proto::Response::Malformed
+        .encode()
+        .unwrap();
+    let responses = outs
+        .iter()
+        .filter(|o| matches!(o, Output::Respond { frame, .. } if *frame == malformed))
+        .count();
+    assert_eq!(
+        responses, MAX_BAD_FRAMES as usize,
+        "every bad frame gets an error"
+    );
+    assert!(outs.contains(&Output::Disconnect { peer: ravi.clone() }));
+    assert!(outs.contains(&Output::Event(Event::Misbehaving { peer: ravi })));
+}
+
+#[test]
+fn another_protocol_version_is_an_event_not_a_crash() {
+    let mut m = Mesh::new(&[ASHA, RAVI]);
+    let ravi = m.id(1);
+    let mut frame = instaconnect_wire::encode(&9u16).unwrap();
+    frame.extend_from_slice(b"future stuff");
+    m.nodes[0].engine.handle_input(
+        m.now,
+        Input::Request {
+            peer: ravi.clone(),
+            frame,
+            channel: 1,
+        },
+    );
+    m.nodes[0].engine.commit().unwrap();
+    let mut outs = Vec::new();
+    while let Some(o) = m.nodes[0].engine.poll_output() {
+        outs.push(o);
+    }
+    assert!(outs.contains(&Output::Event(Event::UnsupportedVersion {
+        peer: ravi,
+        version: 9
+    })));
+    let expected = instaconnect_wire::proto::Response::UnsupportedVersion { supported: 1 }
+        .encode()
+        .unwrap();
+    assert!(outs
+        .iter()
+        .any(|o| matches!(o, Output::Respond { frame, .. } if *frame == expected)));
+}
+
+#[test]
+fn nothing_is_released_before_the_store_is_flushed() {
+    // An engine whose outputs were not committed has released nothing.
+    let mut m = Mesh::new(&[ASHA, RAVI]);
+    m.connect(0, 1);
+    m.befriend(0, 1);
+    let now = m.now;
+    m.nodes[0]
+        .engine
+        .command(
+            now,
+            Command::Send {
+                to: RAVI.0.into(),
+                text: "x".into(),
+            },
+        )
+        .unwrap();
+    assert!(m.nodes[0].engine.poll_output().is_none());
+    m.nodes[0].engine.commit().unwrap();
+    assert!(matches!(
+        m.nodes[0].engine.poll_output(),
+        Some(Output::Request { .. })
+    ));
+}
+
+#[test]
+fn sending_checks_its_input() {
+    let mut m = Mesh::new(&[ASHA, RAVI]);
+    let now = m.now;
+    let e = &mut m.nodes[0].engine;
+    let err = |r: Result<Option<String>, instaconnect_core::engine::EngineError>| {
+        r.unwrap_err().to_string()
+    };
+    assert!(err(e.command(
+        now,
+        Command::Send {
+            to: RAVI.0.into(),
+            text: "hi".into()
+        }
+    ))
+    .contains("is not a contact"));
+    Book::new(e.store().as_ref())
+        .add_contact(&Phone::parse(RAVI.0, None).unwrap(), None, 2)
+        .unwrap();
+    assert!(err(e.command(
+        now,
+        Command::Send {
+            to: RAVI.0.into(),
+            text: "hi".into()
+        }
+    ))
+    .contains("not linked to a device"));
+    assert!(err(e.command(
+        now,
+        Command::Send {
+            to: RAVI.0.into(),
+            text: "  ".into()
+        }
+    ))
+    .contains("empty"));
+    let long = "x".repeat(instaconnect_wire::proto::MAX_TEXT_BYTES + 1);
+    assert!(err(e.command(
+        now,
+        Command::Send {
+            to: RAVI.0.into(),
+            text: long
+        }
+    ))
+    .contains("too long"));
+}

@@ -1,0 +1,231 @@
+//! Protocol v1 of `/instaconnect/msg/1`: the frames two devices exchange directly.
+//!
+//! Every request and response starts with the protocol version (a postcard varint `u16`), so a
+//! peer speaking another version is recognised before its body is parsed and answered with
+//! [`Response::UnsupportedVersion`]; it is an event, never a crash. Frames are at most
+//! [`MAX_FRAME_BYTES`], checked before decoding. The end-to-end encrypted content travels
+//! inside [`Request::Envelope`]: a sealed envelope (see PROTOCOL.md) whose ratchet message
+//! decrypts to a [`Payload`].
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{decode_with_limit, encode, WireError};
+use crate::PROTOCOL_VERSION;
+
+/// Largest frame on `/instaconnect/msg/1` (the transport enforces it too).
+pub const MAX_FRAME_BYTES: usize = 256 * 1024;
+/// Largest text of one message, in bytes.
+pub const MAX_TEXT_BYTES: usize = 16 * 1024;
+/// Most message ids in one receipt.
+pub const MAX_RECEIPT_IDS: usize = 256;
+/// The libp2p protocol name.
+pub const MSG_PROTOCOL: &str = "/instaconnect/msg/1";
+
+/// A 16-byte message id chosen by the sender from its injected RNG.
+pub type MsgId = [u8; 16];
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// A sealed envelope (crypto) whose ratchet message decrypts to a [`Payload`].
+    Envelope(#[serde(with = "crate::secret::serde_bytes_compat")] Vec<u8>),
+    /// Ask for the profile fields the responder's privacy settings show the requester.
+    Profile,
+    /// Ask to become contacts: the requester's signed contact card (crypto encoding).
+    ContactRequest {
+        #[serde(with = "crate::secret::serde_bytes_compat")]
+        card: Vec<u8>,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// The envelope with this message id is stored durably on the recipient's device.
+    Ack(MsgId),
+    /// The profile fields the responder lets the requester see (`None`: not shown).
+    Profile(ProfileReply),
+    /// The contact request is stored; the user will accept or ignore it.
+    ContactRequestReceived,
+    /// Not accepted now; the sender keeps the message queued (blocked senders get this too,
+    /// indistinguishable from a device that cannot take the message yet).
+    NotNow,
+    /// The request could not be parsed or opened.
+    Malformed,
+    /// The responder speaks another protocol version.
+    UnsupportedVersion { supported: u16 },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ProfileReply {
+    pub phone: Option<String>,
+    pub name: Option<String>,
+    pub status: Option<String>,
+    /// PNG thumbnail of the profile picture.
+    pub picture_thumbnail: Option<Vec<u8>>,
+}
+
+/// What a pairwise ratchet message decrypts to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Payload {
+    /// A text message in the 1:1 conversation.
+    Text { text: String },
+    /// The sender read these messages of ours (sent only if their privacy allows receipts).
+    Read { ids: Vec<MsgId> },
+    /// The sender is online (sent only to those their privacy lets see it).
+    Presence { online: bool },
+    /// The sender accepted our contact request; their signed contact card (crypto encoding).
+    ContactAccept {
+        #[serde(with = "crate::secret::serde_bytes_compat")]
+        card: Vec<u8>,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProtoError {
+    #[error("peer speaks protocol version {0}, this node speaks {PROTOCOL_VERSION}")]
+    UnsupportedVersion(u16),
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error("{what} is too large: {len} (at most {max})")]
+    TooLarge {
+        what: &'static str,
+        len: usize,
+        max: usize,
+    },
+}
+
+#[derive(Serialize)]
+struct Versioned<'a, T> {
+    version: u16,
+    body: &'a T,
+}
+
+fn encode_versioned<T: Serialize>(body: &T) -> Result<Vec<u8>, WireError> {
+    encode(&Versioned {
+        version: PROTOCOL_VERSION,
+        body,
+    })
+}
+
+fn split_version(bytes: &[u8]) -> Result<&[u8], ProtoError> {
+    if bytes.len() > MAX_FRAME_BYTES {
+        return Err(WireError::TooLarge {
+            len: bytes.len(),
+            limit: MAX_FRAME_BYTES,
+        }
+        .into());
+    }
+    let (version, rest) =
+        postcard::take_from_bytes::<u16>(bytes).map_err(|source| WireError::Malformed {
+            what: "protocol version",
+            source,
+        })?;
+    if version != PROTOCOL_VERSION {
+        return Err(ProtoError::UnsupportedVersion(version));
+    }
+    Ok(rest)
+}
+
+impl Request {
+    pub fn encode(&self) -> Result<Vec<u8>, WireError> {
+        encode_versioned(self)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Request, ProtoError> {
+        Ok(decode_with_limit(split_version(bytes)?, MAX_FRAME_BYTES)?)
+    }
+}
+
+impl Response {
+    pub fn encode(&self) -> Result<Vec<u8>, WireError> {
+        encode_versioned(self)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Response, ProtoError> {
+        Ok(decode_with_limit(split_version(bytes)?, MAX_FRAME_BYTES)?)
+    }
+}
+
+impl Payload {
+    pub fn encode(&self) -> Result<Vec<u8>, WireError> {
+        encode(self)
+    }
+
+    /// Decodes a decrypted payload and checks its limits.
+    pub fn decode(bytes: &[u8]) -> Result<Payload, ProtoError> {
+        let p: Payload = decode_with_limit(bytes, MAX_FRAME_BYTES)?;
+        match &p {
+            Payload::Text { text } if text.len() > MAX_TEXT_BYTES => Err(ProtoError::TooLarge {
+                what: "text",
+                len: text.len(),
+                max: MAX_TEXT_BYTES,
+            }),
+            Payload::Read { ids } if ids.len() > MAX_RECEIPT_IDS => Err(ProtoError::TooLarge {
+                what: "receipt",
+                len: ids.len(),
+                max: MAX_RECEIPT_IDS,
+            }),
+            _ => Ok(p),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn frames_roundtrip() {
+        let r = Request::ContactRequest {
+            card: vec![1, 2, 3],
+        };
+        assert_eq!(Request::decode(&r.encode().unwrap()).unwrap(), r);
+        let a = Response::Ack([7; 16]);
+        assert_eq!(Response::decode(&a.encode().unwrap()).unwrap(), a);
+        let p = Payload::Text {
+            text: "hello".into(),
+        };
+        assert_eq!(Payload::decode(&p.encode().unwrap()).unwrap(), p);
+    }
+
+    #[test]
+    fn another_version_is_recognised_before_the_body() {
+        let mut b = encode(&7u16).unwrap();
+        b.extend_from_slice(&[0xff; 10]);
+        assert!(matches!(
+            Request::decode(&b),
+            Err(ProtoError::UnsupportedVersion(7))
+        ));
+    }
+
+    #[test]
+    fn oversize_frames_and_texts_are_refused() {
+        let big = vec![0u8; MAX_FRAME_BYTES + 1];
+        assert!(matches!(
+            Request::decode(&big),
+            Err(ProtoError::Wire(WireError::TooLarge { .. }))
+        ));
+        let p = Payload::Text {
+            text: "x".repeat(MAX_TEXT_BYTES + 1),
+        };
+        assert!(matches!(
+            Payload::decode(&p.encode().unwrap()),
+            Err(ProtoError::TooLarge { what: "text", .. })
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_frames_never_panic(b in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let _ = Request::decode(&b);
+            let _ = Response::decode(&b);
+            let _ = Payload::decode(&b);
+        }
+
+        #[test]
+        fn text_roundtrips(t in ".{0,200}") {
+            let p = Payload::Text { text: t };
+            prop_assert_eq!(Payload::decode(&p.encode().unwrap()).unwrap(), p);
+        }
+    }
+}
