@@ -1,0 +1,267 @@
+//! The loop that runs a sans-IO [`Engine`] on the network.
+//!
+//! It feeds the engine the network's events, the user's commands and timer ticks, each with
+//! the wall clock; after every batch of inputs it commits (one store flush for the batch) and
+//! carries out the outputs: requests and responses through [`NetHandle`], events to
+//! subscribers. This is the only place where the engine meets time and IO.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use instaconnect_core::engine::{Command, Engine, Event, Input, Output, PeerView};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::{InboundId, NetEvent, NetHandle, RequestId};
+
+/// Commands waiting for the driver.
+pub const DRIVER_COMMAND_CAPACITY: usize = 64;
+/// User events buffered per subscriber; a slower subscriber is told it lagged.
+pub const USER_EVENT_CAPACITY: usize = 1024;
+/// Inputs handled under one commit (one flush) at most.
+pub const MAX_BATCH: usize = 256;
+/// Longest sleep when no retry is due, so presence and discovery stay fresh.
+pub const IDLE_TICK: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error("the node is shutting down")]
+    Stopped,
+    #[error("{0}")]
+    Engine(String),
+}
+
+enum Request {
+    Engine(Command, oneshot::Sender<Result<Option<String>, String>>),
+    Peers(oneshot::Sender<Vec<PeerView>>),
+}
+
+/// How the rest of the node talks to the running engine.
+#[derive(Clone)]
+pub struct DriverHandle {
+    tx: mpsc::Sender<Request>,
+    events: broadcast::Sender<Event>,
+}
+
+impl DriverHandle {
+    /// Runs a user command; returns the new message id for `Send`. The command's effects are
+    /// durable when this returns.
+    pub async fn command(&self, cmd: Command) -> Result<Option<String>, DriverError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Request::Engine(cmd, tx))
+            .await
+            .map_err(|_| DriverError::Stopped)?;
+        rx.await
+            .map_err(|_| DriverError::Stopped)?
+            .map_err(DriverError::Engine)
+    }
+
+    /// The devices seen or connected.
+    pub async fn peers(&self) -> Result<Vec<PeerView>, DriverError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Request::Peers(tx))
+            .await
+            .map_err(|_| DriverError::Stopped)?;
+        rx.await.map_err(|_| DriverError::Stopped)
+    }
+
+    /// A live stream of the engine's user events.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Starts the driver task. It stops when `shutdown` becomes true or the network's event
+/// stream ends, after a final commit.
+pub fn spawn(
+    engine: Engine,
+    net: NetHandle,
+    net_events: mpsc::Receiver<NetEvent>,
+    shutdown: watch::Receiver<bool>,
+) -> (DriverHandle, JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(DRIVER_COMMAND_CAPACITY);
+    let (events, _) = broadcast::channel(USER_EVENT_CAPACITY);
+    let handle = DriverHandle {
+        tx,
+        events: events.clone(),
+    };
+    let driver = Driver {
+        engine,
+        net,
+        events,
+        requests: HashMap::new(),
+        inbound: HashMap::new(),
+    };
+    let task = tokio::spawn(driver.run(net_events, rx, shutdown));
+    (handle, task)
+}
+
+struct Driver {
+    engine: Engine,
+    net: NetHandle,
+    events: broadcast::Sender<Event>,
+    /// Our outbound requests: the network's id -> the engine's tag.
+    requests: HashMap<RequestId, u64>,
+    /// Inbound requests waiting for the engine's answer, by channel number.
+    inbound: HashMap<u64, InboundId>,
+}
+
+impl Driver {
+    async fn run(
+        mut self,
+        mut net_events: mpsc::Receiver<NetEvent>,
+        mut commands: mpsc::Receiver<Request>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        loop {
+            let sleep = match self.engine.poll_timeout() {
+                Some(at) => Duration::from_millis(at.saturating_sub(now_ms())).min(IDLE_TICK),
+                None => IDLE_TICK,
+            };
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => {
+                    if *shutdown.borrow() {
+                        break;
+                    }
+                }
+                ev = net_events.recv() => {
+                    let Some(ev) = ev else { break };
+                    self.net_event(ev);
+                    // Take whatever else is ready under the same commit.
+                    for _ in 1..MAX_BATCH {
+                        match net_events.try_recv() {
+                            Ok(ev) => self.net_event(ev),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                req = commands.recv() => {
+                    let Some(req) = req else { break };
+                    self.request(req).await;
+                }
+                _ = tokio::time::sleep(sleep) => {
+                    self.engine.handle_timeout(now_ms());
+                }
+            }
+            self.flush().await;
+        }
+        self.flush().await;
+    }
+
+    async fn request(&mut self, req: Request) {
+        match req {
+            Request::Engine(cmd, reply) => {
+                let result = self
+                    .engine
+                    .command(now_ms(), cmd)
+                    .map_err(|e| e.to_string());
+                // The command's effects are durable before the caller hears back.
+                let result = match self.engine.commit() {
+                    Ok(()) => result,
+                    Err(e) => Err(e.to_string()),
+                };
+                let _ = reply.send(result);
+            }
+            Request::Peers(reply) => {
+                let _ = reply.send(self.engine.peers());
+            }
+        }
+    }
+
+    fn net_event(&mut self, ev: NetEvent) {
+        let now = now_ms();
+        let input = match ev {
+            NetEvent::Discovered { peer, addrs, .. } => Input::Discovered { peer, addrs },
+            NetEvent::Lost { peer } => Input::Lost { peer },
+            NetEvent::Connected { peer, .. } => Input::Connected { peer },
+            NetEvent::Disconnected { peer } => Input::Disconnected { peer },
+            NetEvent::Request {
+                peer,
+                frame,
+                channel,
+            } => {
+                self.inbound.insert(channel.get(), channel);
+                Input::Request {
+                    peer,
+                    frame,
+                    channel: channel.get(),
+                }
+            }
+            NetEvent::Response { id, peer, frame } => match self.requests.remove(&id) {
+                Some(tag) => Input::Response { peer, tag, frame },
+                None => return,
+            },
+            NetEvent::RequestFailed { id, peer, error } => match self.requests.remove(&id) {
+                Some(tag) => Input::RequestFailed { peer, tag, error },
+                None => return,
+            },
+            NetEvent::Misbehaving { peer } => {
+                let _ = self.events.send(Event::Misbehaving { peer });
+                return;
+            }
+            NetEvent::Listening { .. }
+            | NetEvent::DialFailed { .. }
+            | NetEvent::InboundFailed { .. } => return,
+        };
+        self.engine.handle_input(now, input);
+    }
+
+    /// Commits and carries out every released output, until the engine has nothing more.
+    async fn flush(&mut self) {
+        loop {
+            if let Err(e) = self.engine.commit() {
+                tracing::error!(error = %e, "store commit failed; outputs held back");
+                return;
+            }
+            let mut any = false;
+            while let Some(out) = self.engine.poll_output() {
+                any = true;
+                self.carry_out(out).await;
+            }
+            if !any {
+                return;
+            }
+        }
+    }
+
+    async fn carry_out(&mut self, out: Output) {
+        match out {
+            Output::Request { peer, tag, frame } => match self.net.request(&peer, frame).await {
+                Ok(id) => {
+                    self.requests.insert(id, tag);
+                }
+                Err(e) => self.engine.handle_input(
+                    now_ms(),
+                    Input::RequestFailed {
+                        peer,
+                        tag,
+                        error: e.to_string(),
+                    },
+                ),
+            },
+            Output::Respond { channel, frame } => {
+                if let Some(id) = self.inbound.remove(&channel) {
+                    if let Err(e) = self.net.respond(id, frame).await {
+                        tracing::debug!(error = %e, "response not sent");
+                    }
+                }
+            }
+            Output::Disconnect { peer } => {
+                let _ = self.net.disconnect(&peer).await;
+            }
+            Output::Event(e) => {
+                let _ = self.events.send(e);
+            }
+        }
+    }
+}
