@@ -1,6 +1,6 @@
 //! The command line: argument parsing and one function per command.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, Context};
@@ -14,8 +14,9 @@ use instaconnect_store::SledStore;
 use instaconnect_wire::records::{GroupId, GroupRecord, Role};
 use serde_json::json;
 
+use crate::config::LogFormat;
 use crate::home::Home;
-use crate::output::{self, table, time};
+use crate::output::{time, Out};
 use crate::{usage, Failure};
 
 /// Largest contacts file `contacts import` reads.
@@ -33,7 +34,7 @@ const MAX_PICTURE_FILE_BYTES: u64 = 64 * 1024 * 1024;
 pub struct Cli {
     /// Data directory [default: $INSTACONNECT_HOME, else the platform data dir, e.g. ~/.local/share/instaconnect]
     #[arg(long, global = true, value_name = "DIR")]
-    home: Option<PathBuf>,
+    pub home: Option<PathBuf>,
     /// Country (ISO 3166 code such as IN or US) for reading phone numbers without a country code; remembered in settings
     #[arg(long, global = true, value_name = "CODE")]
     region: Option<String>,
@@ -41,11 +42,13 @@ pub struct Cli {
     #[arg(long, global = true)]
     json: bool,
     #[command(subcommand)]
-    cmd: Cmd,
+    pub cmd: Cmd,
 }
 
 #[derive(Subcommand, Debug)]
-enum Cmd {
+pub enum Cmd {
+    /// Run the node in the foreground, with its control API on 127.0.0.1 (stop with Ctrl-C or SIGTERM)
+    Run(RunArgs),
     /// Create and show the account
     #[command(subcommand)]
     Account(AccountCmd),
@@ -96,8 +99,31 @@ enum Cmd {
     },
 }
 
+/// Options of `instaconnect run`; each overrides the config file, which overrides the defaults.
+#[derive(Args, Debug, Default)]
+pub struct RunArgs {
+    /// Multiaddr to listen on, e.g. /ip4/0.0.0.0/tcp/0 (repeatable; replaces network.listen)
+    #[arg(long, value_name = "MULTIADDR")]
+    pub listen: Vec<String>,
+    /// Multiaddr of a peer to dial at start, e.g. /ip4/192.168.1.7/tcp/4001 (repeatable; replaces network.peers)
+    #[arg(long, value_name = "MULTIADDR")]
+    pub peer: Vec<String>,
+    /// Do not advertise or browse for peers on the local network (mDNS)
+    #[arg(long)]
+    pub no_mdns: bool,
+    /// Config file (TOML, see configs/device.toml)
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Port of the control API on 127.0.0.1 [default: 0, any free port]
+    #[arg(long, value_name = "N")]
+    pub control_port: Option<u16>,
+    /// Log format on standard error [default: text]
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
 #[derive(Subcommand, Debug)]
-enum AccountCmd {
+pub enum AccountCmd {
     /// Create the account on this device
     Create {
         /// Your mobile number in E.164, such as +919812345678
@@ -112,7 +138,7 @@ enum AccountCmd {
 }
 
 #[derive(Subcommand, Debug)]
-enum ProfileCmd {
+pub enum ProfileCmd {
     /// Change profile fields
     Set(ProfileSet),
     /// Show your profile
@@ -120,7 +146,7 @@ enum ProfileCmd {
 }
 
 #[derive(Args, Debug)]
-struct ProfileSet {
+pub struct ProfileSet {
     #[arg(long)]
     name: Option<String>,
     /// Status message (empty to clear)
@@ -135,7 +161,7 @@ struct ProfileSet {
 }
 
 #[derive(Subcommand, Debug)]
-enum ContactsCmd {
+pub enum ContactsCmd {
     /// Add a contact by number or from an invite link, or rename an existing one
     Add {
         /// Phone number (E.164, or national with --region); optional with an invite that has one
@@ -169,7 +195,7 @@ enum ContactsCmd {
 }
 
 #[derive(Subcommand, Debug)]
-enum GroupsCmd {
+pub enum GroupsCmd {
     /// Create a group of contacts, with you as its admin
     Create {
         name: String,
@@ -204,7 +230,7 @@ enum GroupsCmd {
 }
 
 #[derive(Subcommand, Debug)]
-enum PrivacyCmd {
+pub enum PrivacyCmd {
     /// Set who sees a field: phone, name, picture, status, online, receipts or location
     Set {
         field: String,
@@ -222,24 +248,202 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-struct Ctx {
-    home: Home,
-    region: Option<Region>,
-    json: bool,
+/// Where a command finds the database.
+#[derive(Clone, Copy)]
+pub enum Source<'a> {
+    /// This CLI process opens the database itself (no node is running).
+    Direct,
+    /// Inside the running node, which holds the database open. Relative file paths are resolved
+    /// against `cwd`, the client's working directory; without one they are refused.
+    Node {
+        store: &'a SledStore,
+        cwd: Option<&'a Path>,
+    },
 }
 
-impl Ctx {
-    /// Opens the store; remembers an explicitly given `--region`.
-    fn open(&self) -> Result<SledStore, Failure> {
-        let store = self.home.open_existing()?;
-        if let Some(r) = &self.region {
-            Book::new(&store).set_region(r)?;
+/// The store a command works on: opened by this process, or the node's.
+enum StoreRef<'a> {
+    Owned(SledStore),
+    Shared(&'a SledStore),
+}
+
+impl std::ops::Deref for StoreRef<'_> {
+    type Target = SledStore;
+    fn deref(&self) -> &SledStore {
+        match self {
+            StoreRef::Owned(s) => s,
+            StoreRef::Shared(s) => s,
         }
-        Ok(store)
     }
 }
 
-pub fn run(cli: Cli) -> Result<(), Failure> {
+struct Ctx<'a> {
+    home: &'a Home,
+    region: Option<Region>,
+    json: bool,
+    source: Source<'a>,
+}
+
+impl<'a> Ctx<'a> {
+    /// Opens the store; remembers an explicitly given `--region`.
+    fn open(&self) -> Result<StoreRef<'a>, Failure> {
+        let store = match self.source {
+            Source::Direct => StoreRef::Owned(self.home.open_existing()?),
+            Source::Node { store, .. } => StoreRef::Shared(store),
+        };
+        if let Some(r) = &self.region {
+            Book::new(&*store).set_region(r)?;
+        }
+        Ok(store)
+    }
+
+    /// The path to read or write for a file the user named. Messages keep showing the path as
+    /// given; inside the node a relative path is taken from the client's working directory.
+    fn file(&self, given: &Path) -> Result<PathBuf, Failure> {
+        match self.source {
+            Source::Node { cwd, .. } if given.is_relative() => match cwd {
+                Some(cwd) => Ok(cwd.join(given)),
+                None => Err(usage(anyhow!(
+                    "{} is a relative path: give an absolute path (or the client's \"cwd\") to the control API",
+                    given.display()
+                ))),
+            },
+            _ => Ok(given.to_path_buf()),
+        }
+    }
+}
+
+impl Cli {
+    /// The command's name without its values (for logs: values hold phone numbers and names).
+    pub fn name(&self) -> &'static str {
+        match &self.cmd {
+            Cmd::Run(_) => "run",
+            Cmd::Account(AccountCmd::Create { .. }) => "account create",
+            Cmd::Account(AccountCmd::Show) => "account show",
+            Cmd::Profile(ProfileCmd::Set(_)) => "profile set",
+            Cmd::Profile(ProfileCmd::Show) => "profile show",
+            Cmd::Contacts(c) => match c {
+                ContactsCmd::Add { .. } => "contacts add",
+                ContactsCmd::Safety { .. } => "contacts safety",
+                ContactsCmd::Import { .. } => "contacts import",
+                ContactsCmd::List => "contacts list",
+                ContactsCmd::Remove { .. } => "contacts remove",
+            },
+            Cmd::Block { .. } => "block",
+            Cmd::Unblock { .. } => "unblock",
+            Cmd::Blocked => "blocked",
+            Cmd::Groups(g) => match g {
+                GroupsCmd::Create { .. } => "groups create",
+                GroupsCmd::Add { .. } => "groups add",
+                GroupsCmd::Remove { .. } => "groups remove",
+                GroupsCmd::Promote { .. } => "groups promote",
+                GroupsCmd::Demote { .. } => "groups demote",
+                GroupsCmd::Rename { .. } => "groups rename",
+                GroupsCmd::Leave { .. } => "groups leave",
+                GroupsCmd::List => "groups list",
+                GroupsCmd::Show { .. } => "groups show",
+            },
+            Cmd::Privacy(PrivacyCmd::Set { .. }) => "privacy set",
+            Cmd::Privacy(PrivacyCmd::Show) => "privacy show",
+            Cmd::Invite { .. } => "invite",
+            Cmd::Export { .. } => "export",
+        }
+    }
+
+    /// True when the command writes to the database (an explicit `--region` is remembered).
+    pub fn changes_state(&self) -> bool {
+        self.region.is_some()
+            || match &self.cmd {
+                Cmd::Run(_) | Cmd::Blocked | Cmd::Export { .. } => false,
+                Cmd::Account(a) => matches!(a, AccountCmd::Create { .. }),
+                Cmd::Profile(p) => matches!(p, ProfileCmd::Set(_)),
+                Cmd::Contacts(c) => !matches!(c, ContactsCmd::List | ContactsCmd::Safety { .. }),
+                Cmd::Block { .. } | Cmd::Unblock { .. } => true,
+                Cmd::Groups(g) => !matches!(g, GroupsCmd::List | GroupsCmd::Show { .. }),
+                Cmd::Privacy(p) => matches!(p, PrivacyCmd::Set { .. }),
+                // An invite persists the device's one-time key state.
+                Cmd::Invite { .. } => true,
+            }
+    }
+}
+
+/// The outcome of a command run inside the node, as the control API returns it: the exit code
+/// the CLI exits with and what it prints.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct Reply {
+    pub code: u8,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// What running a command inside the node gives.
+pub struct NodeRun {
+    pub reply: Reply,
+    /// The command succeeded and changed the database.
+    pub changed: bool,
+    /// The command's name, without values ("contacts add"); "-" if the line did not parse.
+    pub name: &'static str,
+}
+
+/// Runs one command line (its arguments, without the program name) inside the node against its
+/// open store.
+pub fn run_in_node(store: &SledStore, home: &Home, args: &[String], cwd: Option<&Path>) -> NodeRun {
+    let mut out = Out::default();
+    let argv = std::iter::once("instaconnect").chain(args.iter().map(String::as_str));
+    let cli = match Cli::try_parse_from(argv) {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version land here too, with exit code 0 and text for stdout.
+            let text = e.render().to_string();
+            let (stdout, stderr) = if e.use_stderr() {
+                (String::new(), text)
+            } else {
+                (text, String::new())
+            };
+            let code = u8::try_from(e.exit_code()).unwrap_or(2);
+            return NodeRun {
+                reply: Reply {
+                    code,
+                    stdout,
+                    stderr,
+                },
+                changed: false,
+                name: "-",
+            };
+        }
+    };
+    let name = cli.name();
+    let result = if cli.home.is_some() {
+        Err(usage(anyhow!(
+            "--home is not accepted by the control API: the node serves its own data dir {}",
+            home.dir.display()
+        )))
+    } else if matches!(cli.cmd, Cmd::Run(_)) {
+        Err(usage(anyhow!(
+            "`run` starts a node; the node for {} is already running",
+            home.dir.display()
+        )))
+    } else {
+        let changes = cli.changes_state();
+        execute(cli, home, Source::Node { store, cwd }, &mut out).map(|()| changes)
+    };
+    let (code, changed) = match result {
+        Ok(changed) => (0, changed),
+        Err(f) => (crate::report(&f, &mut out), false),
+    };
+    NodeRun {
+        reply: Reply {
+            code,
+            stdout: out.stdout,
+            stderr: out.stderr,
+        },
+        changed,
+        name,
+    }
+}
+
+/// Runs a command (anything but `run`) against the given source, printing into `out`.
+pub fn execute(cli: Cli, home: &Home, source: Source<'_>, out: &mut Out) -> Result<(), Failure> {
     let region = cli
         .region
         .as_deref()
@@ -247,39 +451,43 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         .transpose()
         .map_err(usage)?;
     let ctx = Ctx {
-        home: Home::resolve(cli.home)?,
+        home,
         region,
         json: cli.json,
+        source,
     };
     match cli.cmd {
-        Cmd::Account(AccountCmd::Create { phone, name }) => account_create(&ctx, &phone, &name),
-        Cmd::Account(AccountCmd::Show) => account_show(&ctx),
-        Cmd::Profile(ProfileCmd::Set(set)) => profile_set(&ctx, set),
-        Cmd::Profile(ProfileCmd::Show) => profile_show(&ctx),
-        Cmd::Contacts(c) => contacts(&ctx, c),
+        Cmd::Run(_) => Err(usage(anyhow!("`run` cannot run inside another command"))),
+        Cmd::Account(AccountCmd::Create { phone, name }) => {
+            account_create(&ctx, out, &phone, &name)
+        }
+        Cmd::Account(AccountCmd::Show) => account_show(&ctx, out),
+        Cmd::Profile(ProfileCmd::Set(set)) => profile_set(&ctx, out, set),
+        Cmd::Profile(ProfileCmd::Show) => profile_show(&ctx, out),
+        Cmd::Contacts(c) => contacts(&ctx, out, c),
         Cmd::Block { contact } => {
             let store = ctx.open()?;
-            let b = Book::new(&store).block(&contact, ctx.region.as_ref(), now_ms())?;
+            let b = Book::new(&*store).block(&contact, ctx.region.as_ref(), now_ms())?;
             if ctx.json {
-                output::json(&json!({"blocked": b.phone, "since_ms": b.since_ms}))?;
+                out.json(&json!({"blocked": b.phone, "since_ms": b.since_ms}))?;
             } else {
-                println!("blocked {}", b.phone);
+                out.line(format!("blocked {}", b.phone));
             }
             Ok(())
         }
         Cmd::Unblock { contact } => {
             let store = ctx.open()?;
-            let b = Book::new(&store).unblock(&contact, ctx.region.as_ref())?;
+            let b = Book::new(&*store).unblock(&contact, ctx.region.as_ref())?;
             if ctx.json {
-                output::json(&json!({"unblocked": b.phone}))?;
+                out.json(&json!({"unblocked": b.phone}))?;
             } else {
-                println!("unblocked {}", b.phone);
+                out.line(format!("unblocked {}", b.phone));
             }
             Ok(())
         }
         Cmd::Blocked => {
             let store = ctx.open()?;
-            let book = Book::new(&store);
+            let book = Book::new(&*store);
             let blocks = book.blocks()?;
             let contacts = store_contacts_by_phone(&book)?;
             if ctx.json {
@@ -289,9 +497,9 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                         json!({"phone": b.phone, "name": contacts.get(&b.phone).cloned().flatten(), "since_ms": b.since_ms})
                     })
                     .collect();
-                output::json(&v)?;
+                out.json(&v)?;
             } else if blocks.is_empty() {
-                println!("no one is blocked");
+                out.line("no one is blocked");
             } else {
                 let rows: Vec<Vec<String>> = blocks
                     .iter()
@@ -307,35 +515,39 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                         ]
                     })
                     .collect();
-                table(&["PHONE", "NAME", "SINCE"], &rows);
+                out.table(&["PHONE", "NAME", "SINCE"], &rows);
             }
             Ok(())
         }
-        Cmd::Groups(g) => groups(&ctx, g),
-        Cmd::Privacy(p) => privacy(&ctx, p),
-        Cmd::Export { out, include_keys } => export(&ctx, out, include_keys),
+        Cmd::Groups(g) => groups(&ctx, out, g),
+        Cmd::Privacy(p) => privacy(&ctx, out, p),
+        Cmd::Export {
+            out: file,
+            include_keys,
+        } => export(&ctx, out, file, include_keys),
         Cmd::Invite {
             no_phone,
             days,
             no_qr,
         } => {
             let store = ctx.open()?;
-            let link = Book::new(&store).invite(!no_phone, days * 24 * 60 * 60 * 1000, now_ms())?;
+            let link =
+                Book::new(&*store).invite(!no_phone, days * 24 * 60 * 60 * 1000, now_ms())?;
             if ctx.json {
-                output::json(&json!({"link": link, "expires_in_days": days}))?;
+                out.json(&json!({"link": link, "expires_in_days": days}))?;
             } else {
                 if !no_qr {
-                    println!("{}", qr(link.as_bytes())?);
+                    out.line(qr(link.as_bytes())?);
                 }
-                println!("{link}");
-                println!(
+                out.line(link);
+                out.line(format!(
                     "Valid for {days} days. Whoever adds it gets your keys{}.",
                     if no_phone {
                         ""
                     } else {
                         " and your phone number"
                     }
-                );
+                ));
             }
             Ok(())
         }
@@ -364,21 +576,23 @@ fn store_contacts_by_phone(
         .collect())
 }
 
-fn account_create(ctx: &Ctx, phone: &str, name: &str) -> Result<(), Failure> {
+fn account_create(ctx: &Ctx, out: &mut Out, phone: &str, name: &str) -> Result<(), Failure> {
     let phone = Phone::parse(phone, ctx.region.as_ref()).map_err(usage)?;
     // Validate before touching the disk, so bad input creates nothing.
     if name.trim().is_empty() {
         return Err(usage(anyhow!("name must not be empty")));
     }
-    if ctx.home.db_path().exists() {
-        let store = ctx.home.open_existing()?;
-        if let Some(a) = instaconnect_store::Store::account(&store)? {
-            return Err(Failure::Failed(anyhow!(
-                "an account already exists in {} for {}; nothing was changed",
-                ctx.home.dir.display(),
-                a.phone
-            )));
-        }
+    if let Some(existing) = existing_account(ctx)? {
+        return Err(Failure::Failed(anyhow!(
+            "an account already exists in {} for {existing}; nothing was changed",
+            ctx.home.dir.display(),
+        )));
+    }
+    if let Source::Node { .. } = ctx.source {
+        // Unreachable in practice: a node only runs with an account.
+        return Err(Failure::Failed(anyhow!(
+            "cannot create an account while the node is running"
+        )));
     }
     let store = ctx.home.open_or_create()?;
     let book = Book::new(&store);
@@ -386,7 +600,7 @@ fn account_create(ctx: &Ctx, phone: &str, name: &str) -> Result<(), Failure> {
     let keys = book.keys()?;
     let public = keys.identity.public();
     if ctx.json {
-        output::json(&json!({
+        out.json(&json!({
             "phone": phone.as_str(),
             "name": name.trim(),
             "peer_id": public.peer_id(),
@@ -394,24 +608,44 @@ fn account_create(ctx: &Ctx, phone: &str, name: &str) -> Result<(), Failure> {
             "home": ctx.home.dir,
         }))?;
     } else {
-        println!("created account {} ({})", phone, name.trim());
-        println!("peer id:     {}", public.peer_id());
-        println!("fingerprint: {}", public.fingerprint());
-        println!("data dir:    {}", ctx.home.dir.display());
+        out.line(format!("created account {} ({})", phone, name.trim()));
+        out.line(format!("peer id:     {}", public.peer_id()));
+        out.line(format!("fingerprint: {}", public.fingerprint()));
+        out.line(format!("data dir:    {}", ctx.home.dir.display()));
     }
     Ok(())
 }
 
-fn account_show(ctx: &Ctx) -> Result<(), Failure> {
+/// The phone number of the account in this home, if there is one. A running node is asked
+/// (it holds the database); otherwise the database is opened, if it exists.
+fn existing_account(ctx: &Ctx) -> Result<Option<String>, Failure> {
+    match ctx.source {
+        Source::Node { store, .. } => {
+            Ok(instaconnect_store::Store::account(store)?.map(|a| a.phone))
+        }
+        Source::Direct => {
+            if !ctx.home.db_path().exists() {
+                return Ok(None);
+            }
+            if let Some(phone) = crate::client::running_node_account(ctx.home)? {
+                return Ok(Some(phone));
+            }
+            let store = ctx.home.open_existing()?;
+            Ok(instaconnect_store::Store::account(&store)?.map(|a| a.phone))
+        }
+    }
+}
+
+fn account_show(ctx: &Ctx, out: &mut Out) -> Result<(), Failure> {
     let store = ctx.open()?;
-    let book = Book::new(&store);
+    let book = Book::new(&*store);
     let account = book.account()?;
     let profile = book.profile()?;
     let keys = book.keys()?;
     let public = keys.identity.public();
     let region = book.region(None)?;
     if ctx.json {
-        output::json(&json!({
+        out.json(&json!({
             "phone": account.phone,
             "name": profile.name,
             "status": profile.status,
@@ -421,68 +655,79 @@ fn account_show(ctx: &Ctx) -> Result<(), Failure> {
             "created_at_ms": account.created_at_ms,
         }))?;
     } else {
-        println!("phone:       {}", account.phone);
-        println!("name:        {}", profile.name);
-        println!("status:      {}", profile.status);
-        println!("peer id:     {}", public.peer_id());
-        println!("fingerprint: {}", public.fingerprint());
+        out.line(format!("phone:       {}", account.phone));
+        out.line(format!("name:        {}", profile.name));
+        out.line(format!("status:      {}", profile.status));
+        out.line(format!("peer id:     {}", public.peer_id()));
+        out.line(format!("fingerprint: {}", public.fingerprint()));
         if let Some(r) = region {
-            println!("region:      {r}");
+            out.line(format!("region:      {r}"));
         }
-        println!("created:     {}", time(account.created_at_ms));
+        out.line(format!("created:     {}", time(account.created_at_ms)));
     }
     Ok(())
 }
 
-fn read_limited(path: &PathBuf, limit: u64, what: &str) -> Result<Vec<u8>, Failure> {
-    let meta = std::fs::metadata(path)
-        .with_context(|| format!("cannot read {what} {}", path.display()))
+/// Reads a file the user named, at most `limit` bytes. Messages show the path as given.
+fn read_limited(ctx: &Ctx, given: &Path, limit: u64, what: &str) -> Result<Vec<u8>, Failure> {
+    let path = ctx.file(given)?;
+    let meta = std::fs::metadata(&path)
+        .with_context(|| format!("cannot read {what} {}", given.display()))
         .map_err(usage)?;
     if !meta.is_file() {
-        return Err(usage(anyhow!("{what} {} is not a file", path.display())));
+        return Err(usage(anyhow!("{what} {} is not a file", given.display())));
     }
     if meta.len() > limit {
         return Err(usage(anyhow!(
             "{what} {} is too large: {} bytes (at most {limit})",
-            path.display(),
+            given.display(),
             meta.len()
         )));
     }
-    std::fs::read(path)
-        .with_context(|| format!("cannot read {what} {}", path.display()))
+    std::fs::read(&path)
+        .with_context(|| format!("cannot read {what} {}", given.display()))
         .map_err(usage)
 }
 
-fn profile_set(ctx: &Ctx, set: ProfileSet) -> Result<(), Failure> {
+fn profile_set(ctx: &Ctx, out: &mut Out, set: ProfileSet) -> Result<(), Failure> {
     if set.name.is_none() && set.status.is_none() && set.picture.is_none() && !set.remove_picture {
         return Err(usage(anyhow!(
             "nothing to change (expected --name, --status, --picture or --remove-picture)"
         )));
     }
     let picture = match (&set.picture, set.remove_picture) {
-        (Some(p), _) => Some(Some(read_limited(p, MAX_PICTURE_FILE_BYTES, "picture")?)),
+        (Some(p), _) => Some(Some(read_limited(
+            ctx,
+            p,
+            MAX_PICTURE_FILE_BYTES,
+            "picture",
+        )?)),
         (None, true) => Some(None),
         (None, false) => None,
     };
     let store = ctx.open()?;
-    let p = Book::new(&store).set_profile(
+    let p = Book::new(&*store).set_profile(
         set.name.as_deref(),
         set.status.as_deref(),
         picture,
         now_ms(),
     )?;
-    print_profile(ctx, &p)
+    print_profile(ctx, out, &p)
 }
 
-fn profile_show(ctx: &Ctx) -> Result<(), Failure> {
+fn profile_show(ctx: &Ctx, out: &mut Out) -> Result<(), Failure> {
     let store = ctx.open()?;
-    let p = Book::new(&store).profile()?;
-    print_profile(ctx, &p)
+    let p = Book::new(&*store).profile()?;
+    print_profile(ctx, out, &p)
 }
 
-fn print_profile(ctx: &Ctx, p: &instaconnect_wire::records::Profile) -> Result<(), Failure> {
+fn print_profile(
+    ctx: &Ctx,
+    out: &mut Out,
+    p: &instaconnect_wire::records::Profile,
+) -> Result<(), Failure> {
     if ctx.json {
-        output::json(&json!({
+        out.json(&json!({
             "name": p.name,
             "status": p.status,
             "picture": p.picture.as_ref().map(|pic| json!({
@@ -495,24 +740,24 @@ fn print_profile(ctx: &Ctx, p: &instaconnect_wire::records::Profile) -> Result<(
             "updated_at_ms": p.updated_at_ms,
         }))?;
     } else {
-        println!("name:    {}", p.name);
-        println!("status:  {}", p.status);
+        out.line(format!("name:    {}", p.name));
+        out.line(format!("status:  {}", p.status));
         match &p.picture {
-            Some(pic) => println!(
+            Some(pic) => out.line(format!(
                 "picture: {} {}x{} ({} bytes, thumbnail {} bytes)",
                 pic.format.mime(),
                 pic.width,
                 pic.height,
                 pic.bytes.len(),
                 pic.thumbnail_png.len()
-            ),
-            None => println!("picture: none"),
+            )),
+            None => out.line("picture: none"),
         }
     }
     Ok(())
 }
 
-fn contacts(ctx: &Ctx, cmd: ContactsCmd) -> Result<(), Failure> {
+fn contacts(ctx: &Ctx, out: &mut Out, cmd: ContactsCmd) -> Result<(), Failure> {
     match cmd {
         ContactsCmd::Add {
             phone,
@@ -520,7 +765,7 @@ fn contacts(ctx: &Ctx, cmd: ContactsCmd) -> Result<(), Failure> {
             invite,
         } => {
             let store = ctx.open()?;
-            let book = Book::new(&store);
+            let book = Book::new(&*store);
             let region = book.region(ctx.region.as_ref())?;
             let phone = phone
                 .as_deref()
@@ -535,7 +780,7 @@ fn contacts(ctx: &Ctx, cmd: ContactsCmd) -> Result<(), Failure> {
                 (None, None) => return Err(usage(anyhow!("give a phone number or --invite LINK"))),
             };
             if ctx.json {
-                output::json(&json!({
+                out.json(&json!({
                     "phone": c.phone,
                     "name": c.name,
                     "peer_id": c.peer_id,
@@ -545,14 +790,14 @@ fn contacts(ctx: &Ctx, cmd: ContactsCmd) -> Result<(), Failure> {
             } else {
                 let verb = if new { "added" } else { "updated" };
                 match &c.name {
-                    Some(n) => println!("{verb} {} ({n})", c.phone),
-                    None => println!("{verb} {}", c.phone),
+                    Some(n) => out.line(format!("{verb} {} ({n})", c.phone)),
+                    None => out.line(format!("{verb} {}", c.phone)),
                 }
             }
             Ok(())
         }
         ContactsCmd::Import { file, format } => {
-            let bytes = read_limited(&file, MAX_IMPORT_BYTES, "contacts file")?;
+            let bytes = read_limited(ctx, &file, MAX_IMPORT_BYTES, "contacts file")?;
             let text = String::from_utf8(bytes).map_err(|e| {
                 usage(anyhow!(
                     "cannot import {}: not UTF-8 text (byte {}); expected a vCard (.vcf) or CSV file",
@@ -579,12 +824,12 @@ fn contacts(ctx: &Ctx, cmd: ContactsCmd) -> Result<(), Failure> {
                 ImportEntry::from_csv(parsed)
             };
             let store = ctx.open()?;
-            let summary = Book::new(&store).import(entries, ctx.region.as_ref(), now_ms())?;
-            print_import(ctx, &summary)
+            let summary = Book::new(&*store).import(entries, ctx.region.as_ref(), now_ms())?;
+            print_import(ctx, out, &summary)
         }
         ContactsCmd::List => {
             let store = ctx.open()?;
-            let book = Book::new(&store);
+            let book = Book::new(&*store);
             let list = book.contacts()?;
             let blocked: std::collections::BTreeSet<String> =
                 book.blocks()?.into_iter().map(|b| b.phone).collect();
@@ -601,9 +846,9 @@ fn contacts(ctx: &Ctx, cmd: ContactsCmd) -> Result<(), Failure> {
                         })
                     })
                     .collect();
-                output::json(&v)?;
+                out.json(&v)?;
             } else if list.is_empty() {
-                println!("no contacts yet (add one with `instaconnect contacts add +919812345678 --name NAME`)");
+                out.line("no contacts yet (add one with `instaconnect contacts add +919812345678 --name NAME`)");
             } else {
                 let rows: Vec<Vec<String>> = list
                     .iter()
@@ -620,64 +865,72 @@ fn contacts(ctx: &Ctx, cmd: ContactsCmd) -> Result<(), Failure> {
                         ]
                     })
                     .collect();
-                table(&["PHONE", "NAME", ""], &rows);
+                out.table(&["PHONE", "NAME", ""], &rows);
             }
             Ok(())
         }
         ContactsCmd::Safety { contact } => {
             let store = ctx.open()?;
-            let (c, sn) = Book::new(&store).safety_number(&contact, ctx.region.as_ref())?;
+            let (c, sn) = Book::new(&*store).safety_number(&contact, ctx.region.as_ref())?;
             let qr_hex: String = sn.qr_payload.iter().map(|b| format!("{b:02x}")).collect();
             if ctx.json {
-                output::json(
+                out.json(
                     &json!({"phone": c.phone, "safety_number": sn.digits, "qr_payload_hex": qr_hex}),
                 )?;
             } else {
-                println!(
+                out.line(format!(
                     "safety number with {} {}:",
                     c.phone,
                     c.name.as_deref().unwrap_or("")
-                );
-                println!("{}", sn.digits);
-                println!("{}", qr(&sn.qr_payload)?);
-                println!("It matches on both phones only if nobody is in between.");
+                ));
+                out.line(sn.digits);
+                out.line(qr(&sn.qr_payload)?);
+                out.line("It matches on both phones only if nobody is in between.");
             }
             Ok(())
         }
         ContactsCmd::Remove { contact } => {
             let store = ctx.open()?;
-            let c = Book::new(&store).remove_contact(&contact, ctx.region.as_ref())?;
+            let c = Book::new(&*store).remove_contact(&contact, ctx.region.as_ref())?;
             if ctx.json {
-                output::json(&json!({"removed": c.phone}))?;
+                out.json(&json!({"removed": c.phone}))?;
             } else {
-                println!("removed {}", c.phone);
+                out.line(format!("removed {}", c.phone));
             }
             Ok(())
         }
     }
 }
 
-fn print_import(ctx: &Ctx, s: &ImportSummary) -> Result<(), Failure> {
+fn print_import(ctx: &Ctx, out: &mut Out, s: &ImportSummary) -> Result<(), Failure> {
     if ctx.json {
-        output::json(s)?;
+        out.json(s)?;
         return Ok(());
     }
-    println!(
+    out.line(format!(
         "imported: {} added, {} updated, {} unchanged, {} merged duplicates, {} skipped",
         s.added.len(),
         s.updated.len(),
         s.unchanged,
         s.merged,
         s.skipped.len()
-    );
+    ));
     for c in &s.added {
-        println!("  added   {} {}", c.phone, c.name.as_deref().unwrap_or(""));
+        out.line(format!(
+            "  added   {} {}",
+            c.phone,
+            c.name.as_deref().unwrap_or("")
+        ));
     }
     for c in &s.updated {
-        println!("  updated {} {}", c.phone, c.name.as_deref().unwrap_or(""));
+        out.line(format!(
+            "  updated {} {}",
+            c.phone,
+            c.name.as_deref().unwrap_or("")
+        ));
     }
     for k in &s.skipped {
-        println!("  skipped line {}: {}", k.line, k.reason);
+        out.line(format!("  skipped line {}: {}", k.line, k.reason));
     }
     Ok(())
 }
@@ -686,9 +939,9 @@ fn new_group_id() -> GroupId {
     GroupId(rand::random())
 }
 
-fn groups(ctx: &Ctx, cmd: GroupsCmd) -> Result<(), Failure> {
+fn groups(ctx: &Ctx, out: &mut Out, cmd: GroupsCmd) -> Result<(), Failure> {
     let store = ctx.open()?;
-    let book = Book::new(&store);
+    let book = Book::new(&*store);
     let r = ctx.region.as_ref();
     let now = now_ms();
     let g = match cmd {
@@ -710,9 +963,9 @@ fn groups(ctx: &Ctx, cmd: GroupsCmd) -> Result<(), Failure> {
             let list = book.groups()?;
             if ctx.json {
                 let v: Vec<GroupOut> = list.iter().map(GroupOut::from).collect();
-                output::json(&v)?;
+                out.json(&v)?;
             } else if list.is_empty() {
-                println!("no groups yet");
+                out.line("no groups yet");
             } else {
                 let rows: Vec<Vec<String>> = list
                     .iter()
@@ -725,24 +978,24 @@ fn groups(ctx: &Ctx, cmd: GroupsCmd) -> Result<(), Failure> {
                         ]
                     })
                     .collect();
-                table(&["ID", "NAME", "MEMBERS", ""], &rows);
+                out.table(&["ID", "NAME", "MEMBERS", ""], &rows);
             }
             return Ok(());
         }
     };
-    print_group(ctx, &book, &g)
+    print_group(ctx, out, &book, &g)
 }
 
-fn print_group(ctx: &Ctx, book: &Book<'_>, g: &GroupRecord) -> Result<(), Failure> {
+fn print_group(ctx: &Ctx, out: &mut Out, book: &Book<'_>, g: &GroupRecord) -> Result<(), Failure> {
     if ctx.json {
-        output::json(&GroupOut::from(g))?;
+        out.json(&GroupOut::from(g))?;
         return Ok(());
     }
     let me = book.account()?.phone;
     let names = store_contacts_by_phone(book)?;
-    println!("group {} ({})", g.name, g.id.to_hex());
+    out.line(format!("group {} ({})", g.name, g.id.to_hex()));
     if g.left {
-        println!("you left this group");
+        out.line("you left this group");
     }
     let rows: Vec<Vec<String>> = g
         .members
@@ -756,13 +1009,13 @@ fn print_group(ctx: &Ctx, book: &Book<'_>, g: &GroupRecord) -> Result<(), Failur
             vec![m.phone.clone(), name, role_str(m.role).to_string()]
         })
         .collect();
-    table(&["PHONE", "NAME", "ROLE"], &rows);
+    out.table(&["PHONE", "NAME", "ROLE"], &rows);
     Ok(())
 }
 
-fn privacy(ctx: &Ctx, cmd: PrivacyCmd) -> Result<(), Failure> {
+fn privacy(ctx: &Ctx, out: &mut Out, cmd: PrivacyCmd) -> Result<(), Failure> {
     let store = ctx.open()?;
-    let book = Book::new(&store);
+    let book = Book::new(&*store);
     let p = match cmd {
         PrivacyCmd::Set { field, level } => book.set_privacy(&field, &level)?,
         PrivacyCmd::Show => book.privacy()?,
@@ -776,71 +1029,54 @@ fn privacy(ctx: &Ctx, cmd: PrivacyCmd) -> Result<(), Failure> {
             .iter()
             .map(|(k, v)| (k.to_string(), json!(v)))
             .collect();
-        output::json(&m)?;
+        out.json(&m)?;
     } else {
         let rows: Vec<Vec<String>> = pairs
             .iter()
             .map(|(k, v)| vec![k.to_string(), v.to_string()])
             .collect();
-        table(&["FIELD", "VISIBLE TO"], &rows);
+        out.table(&["FIELD", "VISIBLE TO"], &rows);
     }
     Ok(())
 }
 
-fn export(ctx: &Ctx, out: Option<PathBuf>, include_keys: bool) -> Result<(), Failure> {
+fn export(
+    ctx: &Ctx,
+    out: &mut Out,
+    file: Option<PathBuf>,
+    include_keys: bool,
+) -> Result<(), Failure> {
     let store = ctx.open()?;
-    let book = Book::new(&store);
+    let book = Book::new(&*store);
     let doc = instaconnect_core::export::export(&book, include_keys, now_ms())?;
     let text = serde_json::to_string_pretty(&doc).context("cannot encode the export")?;
-    match out {
-        None => println!("{text}"),
-        Some(path) => {
-            write_private_atomically(&path, text.as_bytes())?;
+    match file {
+        None => out.line(text),
+        Some(given) => {
+            if given.file_name().is_none() {
+                return Err(usage(anyhow!(
+                    "--out {} is not a file path",
+                    given.display()
+                )));
+            }
+            let path = ctx.file(&given)?;
+            crate::files::write_private_atomically(&path, text.as_bytes())
+                .map_err(|e| Failure::Failed(anyhow!("cannot write {}: {e}", given.display())))?;
             if !ctx.json {
-                eprintln!(
+                out.note(format!(
                     "exported {} contacts, {} groups, {} blocked to {}{}",
                     doc.contacts.len(),
                     doc.groups.len(),
                     doc.blocked.len(),
-                    path.display(),
+                    given.display(),
                     if include_keys {
                         " (with secret keys: keep it safe)"
                     } else {
                         ""
                     }
-                );
+                ));
             }
         }
     }
     Ok(())
-}
-
-/// Writes a file readable only by its owner, via a temporary file and a rename.
-fn write_private_atomically(path: &PathBuf, bytes: &[u8]) -> Result<(), Failure> {
-    use std::io::Write;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."));
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| usage(anyhow!("--out {} is not a file path", path.display())))?;
-    let tmp = dir.join(format!(".{}.tmp", file_name.to_string_lossy()));
-    let result = (|| -> std::io::Result<()> {
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
-        }
-        let mut f = opts.open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    result.map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Failure::Failed(anyhow!("cannot write {}: {e}", path.display()))
-    })
 }

@@ -7,6 +7,7 @@ use instaconnect_store::SledStore;
 
 use crate::Failure;
 
+#[derive(Debug, Clone)]
 pub struct Home {
     pub dir: PathBuf,
 }
@@ -31,6 +32,11 @@ impl Home {
 
     pub fn db_path(&self) -> PathBuf {
         self.dir.join("db")
+    }
+
+    /// Where a running node writes its control API's port, token and pid (mode 0600).
+    pub fn control_path(&self) -> PathBuf {
+        self.dir.join("control.json")
     }
 
     /// Opens the store if an account database exists here; never creates anything.

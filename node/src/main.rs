@@ -1,6 +1,11 @@
 //! `instaconnect`: the InstaConnect Mesh command line.
 
 mod cli;
+mod client;
+mod config;
+mod control_file;
+mod daemon;
+mod files;
 mod home;
 mod output;
 
@@ -42,17 +47,48 @@ pub fn usage(e: impl Into<anyhow::Error>) -> Failure {
     Failure::Usage(e.into())
 }
 
-fn main() -> ExitCode {
-    let args = cli::Cli::parse();
-    match cli::run(args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(Failure::Usage(e)) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(2)
+/// Writes a failure as the CLI shows it (`error: ...` on stderr) and returns its exit code.
+pub fn report(f: &Failure, out: &mut output::Out) -> u8 {
+    match f {
+        Failure::Usage(e) => {
+            out.note(format!("error: {e:#}"));
+            2
         }
-        Err(Failure::Failed(e)) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(1)
+        Failure::Failed(e) => {
+            out.note(format!("error: {e:#}"));
+            1
         }
     }
+}
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    let mut out = output::Out::default();
+    let code = match main_with(cli, &mut out) {
+        Ok(code) => code,
+        Err(f) => report(&f, &mut out),
+    };
+    out.print();
+    ExitCode::from(code)
+}
+
+/// `run` starts the node. Any other command goes to the running node if there is one (it holds
+/// the database), else runs here.
+fn main_with(cli: cli::Cli, out: &mut output::Out) -> Result<u8, Failure> {
+    let home = home::Home::resolve(cli.home.clone())?;
+    if let cli::Cmd::Run(args) = cli.cmd {
+        daemon::run(&home, args)?;
+        return Ok(0);
+    }
+    // `account create` is never forwarded: it only reads the existing account from a node.
+    let is_create = matches!(cli.cmd, cli::Cmd::Account(cli::AccountCmd::Create { .. }));
+    if !is_create {
+        if let Some(reply) = client::forward_if_running(&home)? {
+            out.stdout = reply.stdout;
+            out.stderr = reply.stderr;
+            return Ok(reply.code);
+        }
+    }
+    cli::execute(cli, &home, cli::Source::Direct, out)?;
+    Ok(0)
 }

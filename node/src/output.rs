@@ -1,38 +1,83 @@
 //! Printing results: a plain table for people, JSON with `--json`.
 
+use std::fmt::Display;
+
 use serde::Serialize;
 
-pub fn json<T: Serialize + ?Sized>(v: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
-    Ok(())
+/// What a command prints: its standard output and standard error, collected in memory so the
+/// same command can run in the CLI process (which prints them) or inside the daemon (which
+/// returns them over the control API).
+#[derive(Debug, Default)]
+pub struct Out {
+    pub stdout: String,
+    pub stderr: String,
 }
 
-/// Prints rows as aligned columns under a header.
-pub fn table(header: &[&str], rows: &[Vec<String>]) {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for r in rows {
-        for (i, c) in r.iter().enumerate() {
-            if let Some(w) = widths.get_mut(i) {
-                *w = (*w).max(c.chars().count());
+impl Out {
+    /// One line of standard output.
+    pub fn line(&mut self, s: impl Display) {
+        use std::fmt::Write as _;
+        let _ = writeln!(self.stdout, "{s}");
+    }
+
+    /// One line of standard error (notes beside the result, never the result itself).
+    pub fn note(&mut self, s: impl Display) {
+        use std::fmt::Write as _;
+        let _ = writeln!(self.stderr, "{s}");
+    }
+
+    /// A value as pretty-printed JSON on standard output.
+    pub fn json<T: Serialize + ?Sized>(&mut self, v: &T) -> anyhow::Result<()> {
+        let text = serde_json::to_string_pretty(v)?;
+        self.line(text);
+        Ok(())
+    }
+
+    /// Rows as aligned columns under a header.
+    pub fn table(&mut self, header: &[&str], rows: &[Vec<String>]) {
+        let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+        for r in rows {
+            for (i, c) in r.iter().enumerate() {
+                if let Some(w) = widths.get_mut(i) {
+                    *w = (*w).max(c.chars().count());
+                }
             }
+        }
+        let render = |cells: Vec<&str>| {
+            let mut s = String::new();
+            for (i, c) in cells.iter().enumerate() {
+                if i + 1 == cells.len() {
+                    s.push_str(c);
+                } else {
+                    let pad = widths
+                        .get(i)
+                        .copied()
+                        .unwrap_or(0)
+                        .saturating_sub(c.chars().count());
+                    s.push_str(c);
+                    s.push_str(&" ".repeat(pad + 2));
+                }
+            }
+            s.trim_end().to_string()
+        };
+        let head = render(header.to_vec());
+        self.line(head);
+        for r in rows {
+            let l = render(r.iter().map(String::as_str).collect());
+            self.line(l);
         }
     }
-    let line = |cells: Vec<&str>| {
-        let mut s = String::new();
-        for (i, c) in cells.iter().enumerate() {
-            if i + 1 == cells.len() {
-                s.push_str(c);
-            } else {
-                let pad = widths[i].saturating_sub(c.chars().count());
-                s.push_str(c);
-                s.push_str(&" ".repeat(pad + 2));
-            }
-        }
-        println!("{}", s.trim_end());
-    };
-    line(header.to_vec());
-    for r in rows {
-        line(r.iter().map(String::as_str).collect());
+
+    /// Writes both buffers to this process's standard output and error. A closed pipe (as with
+    /// `| head`) is not an error worth reporting.
+    pub fn print(&self) {
+        use std::io::Write as _;
+        let mut o = std::io::stdout().lock();
+        let _ = o.write_all(self.stdout.as_bytes());
+        let _ = o.flush();
+        let mut e = std::io::stderr().lock();
+        let _ = e.write_all(self.stderr.as_bytes());
+        let _ = e.flush();
     }
 }
 

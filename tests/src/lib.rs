@@ -1,7 +1,10 @@
 //! Helpers for end-to-end tests: run the real `instaconnect` binary in a temporary home.
 
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -21,19 +24,15 @@ fn locate_or_build() -> PathBuf {
     if let Some(cargo) = std::env::var_os("CARGO") {
         let release = exe.components().any(|c| c.as_os_str() == "release");
         let mut cmd = Command::new(cargo);
-        cmd.args([
-            "build",
-            "--quiet",
-            "-p",
-            "instaconnect",
-            "--bin",
-            "instaconnect",
-        ]);
+        // The same invocation as scripts/test, so the features resolve identically and this
+        // is a no-op there (building `-p instaconnect` alone would unify features differently
+        // and rebuild half the workspace).
+        cmd.args(["build", "--quiet", "--workspace", "--bins"]);
         if release {
             cmd.arg("--release");
         }
         let status = cmd.status().expect("run cargo build");
-        assert!(status.success(), "cargo build -p instaconnect failed");
+        assert!(status.success(), "cargo build --workspace --bins failed");
     }
     // target/<profile>/deps/<test>-<hash> -> target/<profile>/instaconnect
     let dir = exe
@@ -135,6 +134,258 @@ impl Home {
             o.remove("exported_at_ms");
         }
         v
+    }
+}
+
+/// How long a node may take to start or stop, and an event to arrive, before a test fails.
+pub const NODE_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Home {
+    /// Starts `instaconnect run --no-mdns` on 127.0.0.1 in this home and waits (with a
+    /// timeout) until it prints its control API address. The node is killed when dropped.
+    pub fn start_node(&self) -> Node {
+        self.start_node_with(&[])
+    }
+
+    /// [`Home::start_node`] with extra arguments for `run`.
+    pub fn start_node_with(&self, extra: &[&str]) -> Node {
+        let stderr_path = self.file(&format!("node-{}.log", unique()));
+        let stderr = std::fs::File::create(&stderr_path).expect("create node log");
+        let mut child = self
+            .cmd()
+            .args(["run", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn instaconnect run");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(Some(line)).is_err() {
+                    return;
+                }
+            }
+            let _ = tx.send(None);
+        });
+        let mut node = Node {
+            child,
+            url: String::new(),
+            peer_id: String::new(),
+            lines,
+            stdout: Vec::new(),
+            stderr_path,
+            control_path: self.data_dir().join("control.json"),
+        };
+        while node.url.is_empty() {
+            match node.lines.recv_timeout(NODE_TIMEOUT) {
+                Ok(Some(line)) => {
+                    if let Some(id) = line.strip_prefix("peer id: ") {
+                        node.peer_id = id.to_string();
+                    } else if let Some(url) = line.strip_prefix("control api: ") {
+                        node.url = url.to_string();
+                    }
+                    node.stdout.push(line);
+                }
+                Ok(None) | Err(_) => panic!(
+                    "the node did not print its control API address\nstdout: {:?}\nlog: {}",
+                    node.stdout,
+                    node.log()
+                ),
+            }
+        }
+        node
+    }
+}
+
+fn unique() -> u64 {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A running `instaconnect run`; killed (SIGKILL) when dropped.
+pub struct Node {
+    child: Child,
+    /// `http://127.0.0.1:PORT`, as the node printed it.
+    pub url: String,
+    /// The peer id the node printed.
+    pub peer_id: String,
+    lines: mpsc::Receiver<Option<String>>,
+    /// Standard output lines read so far.
+    pub stdout: Vec<String>,
+    stderr_path: PathBuf,
+    control_path: PathBuf,
+}
+
+/// How a node ended: exit status, all of its standard output and its log (stderr).
+#[derive(Debug)]
+pub struct Exited {
+    pub status: ExitStatus,
+    pub stdout: Vec<String>,
+    pub log: String,
+}
+
+/// An HTTP answer from the control API.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub json: serde_json::Value,
+}
+
+impl Node {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The node's log so far (its standard error).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// `<home>/control.json`.
+    pub fn control_path(&self) -> &Path {
+        &self.control_path
+    }
+
+    /// The bearer token from the control file.
+    pub fn token(&self) -> String {
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&self.control_path).expect("read control.json"))
+                .expect("control.json is JSON");
+        v["token"].as_str().expect("token").to_string()
+    }
+
+    /// Sends a signal with the `kill` command, then waits (with a timeout) for the node to exit.
+    pub fn signal(mut self, name: &str) -> Exited {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+        // The node closes its stdout when it exits.
+        loop {
+            match self.lines.recv_timeout(NODE_TIMEOUT) {
+                Ok(Some(line)) => self.stdout.push(line),
+                Ok(None) => break,
+                Err(_) => panic!("the node did not exit after SIG{name}\nlog: {}", self.log()),
+            }
+        }
+        let status = self.child.wait().expect("wait for the node");
+        Exited {
+            status,
+            stdout: std::mem::take(&mut self.stdout),
+            log: self.log(),
+        }
+    }
+
+    /// SIGKILL: the node dies at once, leaving its control file behind.
+    pub fn kill9(mut self) {
+        self.child.kill().expect("kill the node");
+        self.child.wait().expect("wait for the node");
+    }
+
+    fn agent() -> ureq::Agent {
+        ureq::Agent::config_builder()
+            .proxy(None)
+            .http_status_as_error(false)
+            .timeout_global(Some(NODE_TIMEOUT))
+            .build()
+            .into()
+    }
+
+    fn answer(resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Answer {
+        let mut resp = resp.expect("HTTP request to the control API");
+        let status = resp.status().as_u16();
+        let text = resp.body_mut().read_to_string().expect("read the answer");
+        let json = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("answer is not JSON ({e}): {text:?}"));
+        Answer { status, json }
+    }
+
+    /// `GET path`, with `Authorization: <auth>` if given (e.g. `Bearer <token>`).
+    pub fn get(&self, path: &str, auth: Option<&str>) -> Answer {
+        let mut req = Self::agent().get(format!("{}{path}", self.url));
+        if let Some(a) = auth {
+            req = req.header("Authorization", a);
+        }
+        Self::answer(req.call())
+    }
+
+    /// `POST path` with a JSON body, with `Authorization: <auth>` if given.
+    pub fn post(&self, path: &str, auth: Option<&str>, body: &str) -> Answer {
+        let mut req = Self::agent()
+            .post(format!("{}{path}", self.url))
+            .header("Content-Type", "application/json");
+        if let Some(a) = auth {
+            req = req.header("Authorization", a);
+        }
+        Self::answer(req.send(body))
+    }
+
+    /// Runs a command line in the node through `POST /v1/command` with the right token.
+    pub fn command(&self, args: &[&str]) -> Answer {
+        let body = serde_json::json!({ "args": args }).to_string();
+        self.post(
+            "/v1/command",
+            Some(&format!("Bearer {}", self.token())),
+            &body,
+        )
+    }
+
+    /// Subscribes to `GET /v1/events`; returns once subscribed (the response headers arrived).
+    pub fn events(&self) -> Events {
+        let resp = Self::agent()
+            .get(format!("{}/v1/events", self.url))
+            .header("Authorization", format!("Bearer {}", self.token()))
+            .config()
+            .timeout_global(None)
+            .build()
+            .call()
+            .expect("subscribe to events");
+        assert_eq!(resp.status().as_u16(), 200, "events stream status");
+        let reader = resp.into_body().into_reader();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut event = String::new();
+            for line in std::io::BufReader::new(reader).lines() {
+                let Ok(line) = line else { break };
+                if let Some(name) = line.strip_prefix("event:") {
+                    event = name.trim().to_string();
+                } else if let Some(data) = line.strip_prefix("data:") {
+                    let data = serde_json::from_str(data.trim()).unwrap_or_default();
+                    if tx.send((std::mem::take(&mut event), data)).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Events { rx }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A Server-Sent Events subscription to the node.
+pub struct Events {
+    rx: mpsc::Receiver<(String, serde_json::Value)>,
+}
+
+impl Events {
+    /// The next event (`event:` name and `data:` JSON), waiting at most [`NODE_TIMEOUT`].
+    pub fn next(&self) -> (String, serde_json::Value) {
+        self.rx
+            .recv_timeout(NODE_TIMEOUT)
+            .expect("an event within the timeout")
     }
 }
 

@@ -1,0 +1,88 @@
+//! The node's live events, fanned out to every `GET /v1/events` subscriber.
+//!
+//! Publishers never block and memory stays bounded: the channel keeps the last
+//! [`EVENT_CHANNEL_CAPACITY`] events, and a subscriber that falls further behind skips ahead
+//! and is told how many it missed (a `lagged` event).
+
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+/// Events kept for subscribers that have not read them yet.
+pub const EVENT_CHANNEL_CAPACITY: usize = 256;
+
+/// Something that happened in the node. Serialized as JSON with a `type` field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    /// A command that changed the database ran through the control API.
+    Command { args: Vec<String> },
+    // The engine's events (message received, delivery state changed, peer discovered...)
+    // join here with the local-network issue.
+}
+
+impl Event {
+    /// The SSE `event:` name, equal to the JSON `type`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::Command { .. } => "command",
+        }
+    }
+}
+
+/// The publishing side; clone it into whatever produces events.
+#[derive(Clone)]
+pub struct Events {
+    tx: broadcast::Sender<Event>,
+}
+
+impl Default for Events {
+    fn default() -> Self {
+        Events::new()
+    }
+}
+
+impl Events {
+    pub fn new() -> Events {
+        let (tx, _) = broadcast::channel(EVENT_CHANNEL_CAPACITY);
+        Events { tx }
+    }
+
+    /// Publishes an event to the current subscribers; with none, it is dropped.
+    pub fn publish(&self, event: Event) {
+        let _ = self.tx.send(event);
+    }
+
+    /// A new subscription that sees every event published from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.tx.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slow_subscriber_is_told_it_lagged_and_memory_stays_bounded() {
+        let events = Events::new();
+        let mut rx = events.subscribe();
+        let n = EVENT_CHANNEL_CAPACITY + 10;
+        for i in 0..n {
+            events.publish(Event::Command {
+                args: vec![i.to_string()],
+            });
+        }
+        assert_eq!(
+            rx.try_recv(),
+            Err(broadcast::error::TryRecvError::Lagged(10))
+        );
+        let next = rx.try_recv().unwrap();
+        assert_eq!(
+            next,
+            Event::Command {
+                args: vec!["10".to_string()]
+            }
+        );
+        assert_eq!(next.kind(), "command");
+    }
+}
