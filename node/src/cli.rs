@@ -18,6 +18,7 @@ use crate::config::LogFormat;
 use crate::home::Home;
 use crate::output::{time, Out};
 use crate::{usage, Failure};
+use instaconnect_net::driver::DriverHandle;
 
 /// Largest contacts file `contacts import` reads.
 const MAX_IMPORT_BYTES: u64 = 32 * 1024 * 1024;
@@ -76,6 +77,23 @@ pub enum Cmd {
     /// Who sees your phone, name, picture, status, online state, receipts and location
     #[command(subcommand)]
     Privacy(PrivacyCmd),
+    /// Send a text message to a contact (queued until their device can be reached)
+    Send {
+        /// Phone number or contact name
+        contact: String,
+        /// The message (several words are joined with spaces; put text that starts with - after --)
+        #[arg(required = true, num_args = 1..)]
+        text: Vec<String>,
+    },
+    /// Conversations with unread counts and their last message
+    Inbox,
+    /// The messages of a conversation with ids, times and states (marks them read)
+    History {
+        /// Phone number or contact name
+        contact: String,
+    },
+    /// Users seen on the network and what their privacy lets you see (needs `instaconnect run`)
+    Nearby,
     /// Print an invite (link and QR code) that lets someone add you with your keys
     Invite {
         /// Leave your phone number out of the invite
@@ -172,6 +190,16 @@ pub enum ContactsCmd {
         /// An instaconnect://invite/... link: links the contact's device and verified keys
         #[arg(long, value_name = "LINK")]
         invite: Option<String>,
+        /// The contact's device (peer id, see `instaconnect nearby`): sends it a contact request
+        #[arg(long, value_name = "PEERID")]
+        peer: Option<String>,
+    },
+    /// Contact requests waiting for you to accept them
+    Requests,
+    /// Accept a contact request: keys are exchanged and you can chat
+    Accept {
+        /// The requester's peer id or phone number (see `instaconnect contacts requests`)
+        who: String,
     },
     /// Show the safety number to compare with a contact (text and QR code)
     Safety {
@@ -241,7 +269,7 @@ pub enum PrivacyCmd {
     Show,
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -258,11 +286,13 @@ pub enum Source<'a> {
     Node {
         store: &'a SledStore,
         cwd: Option<&'a Path>,
+        /// The running engine (None while the network is still starting).
+        driver: Option<&'a DriverHandle>,
     },
 }
 
 /// The store a command works on: opened by this process, or the node's.
-enum StoreRef<'a> {
+pub(crate) enum StoreRef<'a> {
     Owned(SledStore),
     Shared(&'a SledStore),
 }
@@ -277,16 +307,16 @@ impl std::ops::Deref for StoreRef<'_> {
     }
 }
 
-struct Ctx<'a> {
-    home: &'a Home,
-    region: Option<Region>,
-    json: bool,
-    source: Source<'a>,
+pub(crate) struct Ctx<'a> {
+    pub(crate) home: &'a Home,
+    pub(crate) region: Option<Region>,
+    pub(crate) json: bool,
+    pub(crate) source: Source<'a>,
 }
 
 impl<'a> Ctx<'a> {
     /// Opens the store; remembers an explicitly given `--region`.
-    fn open(&self) -> Result<StoreRef<'a>, Failure> {
+    pub(crate) fn open(&self) -> Result<StoreRef<'a>, Failure> {
         let store = match self.source {
             Source::Direct => StoreRef::Owned(self.home.open_existing()?),
             Source::Node { store, .. } => StoreRef::Shared(store),
@@ -324,6 +354,8 @@ impl Cli {
             Cmd::Profile(ProfileCmd::Show) => "profile show",
             Cmd::Contacts(c) => match c {
                 ContactsCmd::Add { .. } => "contacts add",
+                ContactsCmd::Requests => "contacts requests",
+                ContactsCmd::Accept { .. } => "contacts accept",
                 ContactsCmd::Safety { .. } => "contacts safety",
                 ContactsCmd::Import { .. } => "contacts import",
                 ContactsCmd::List => "contacts list",
@@ -347,6 +379,10 @@ impl Cli {
             Cmd::Privacy(PrivacyCmd::Show) => "privacy show",
             Cmd::Invite { .. } => "invite",
             Cmd::Export { .. } => "export",
+            Cmd::Send { .. } => "send",
+            Cmd::Inbox => "inbox",
+            Cmd::History { .. } => "history",
+            Cmd::Nearby => "nearby",
         }
     }
 
@@ -357,7 +393,12 @@ impl Cli {
                 Cmd::Run(_) | Cmd::Blocked | Cmd::Export { .. } => false,
                 Cmd::Account(a) => matches!(a, AccountCmd::Create { .. }),
                 Cmd::Profile(p) => matches!(p, ProfileCmd::Set(_)),
-                Cmd::Contacts(c) => !matches!(c, ContactsCmd::List | ContactsCmd::Safety { .. }),
+                Cmd::Contacts(c) => !matches!(
+                    c,
+                    ContactsCmd::List | ContactsCmd::Safety { .. } | ContactsCmd::Requests
+                ),
+                Cmd::Send { .. } | Cmd::History { .. } => true,
+                Cmd::Inbox | Cmd::Nearby => false,
                 Cmd::Block { .. } | Cmd::Unblock { .. } => true,
                 Cmd::Groups(g) => !matches!(g, GroupsCmd::List | GroupsCmd::Show { .. }),
                 Cmd::Privacy(p) => matches!(p, PrivacyCmd::Set { .. }),
@@ -387,7 +428,13 @@ pub struct NodeRun {
 
 /// Runs one command line (its arguments, without the program name) inside the node against its
 /// open store.
-pub fn run_in_node(store: &SledStore, home: &Home, args: &[String], cwd: Option<&Path>) -> NodeRun {
+pub fn run_in_node(
+    store: &SledStore,
+    home: &Home,
+    args: &[String],
+    cwd: Option<&Path>,
+    driver: Option<DriverHandle>,
+) -> NodeRun {
     let mut out = Out::default();
     let argv = std::iter::once("instaconnect").chain(args.iter().map(String::as_str));
     let cli = match Cli::try_parse_from(argv) {
@@ -425,7 +472,17 @@ pub fn run_in_node(store: &SledStore, home: &Home, args: &[String], cwd: Option<
         )))
     } else {
         let changes = cli.changes_state();
-        execute(cli, home, Source::Node { store, cwd }, &mut out).map(|()| changes)
+        execute(
+            cli,
+            home,
+            Source::Node {
+                store,
+                cwd,
+                driver: driver.as_ref(),
+            },
+            &mut out,
+        )
+        .map(|()| changes)
     };
     let (code, changed) = match result {
         Ok(changed) => (0, changed),
@@ -521,6 +578,10 @@ pub fn execute(cli: Cli, home: &Home, source: Source<'_>, out: &mut Out) -> Resu
         }
         Cmd::Groups(g) => groups(&ctx, out, g),
         Cmd::Privacy(p) => privacy(&ctx, out, p),
+        Cmd::Send { contact, text } => crate::messaging::send(&ctx, out, &contact, text.join(" ")),
+        Cmd::Inbox => crate::messaging::inbox(&ctx, out),
+        Cmd::History { contact } => crate::messaging::history(&ctx, out, &contact),
+        Cmd::Nearby => crate::messaging::nearby(&ctx, out),
         Cmd::Export {
             out: file,
             include_keys,
@@ -759,11 +820,22 @@ fn print_profile(
 
 fn contacts(ctx: &Ctx, out: &mut Out, cmd: ContactsCmd) -> Result<(), Failure> {
     match cmd {
+        ContactsCmd::Requests => crate::messaging::requests(ctx, out),
+        ContactsCmd::Accept { who } => crate::messaging::accept(ctx, out, &who),
         ContactsCmd::Add {
             phone,
             name,
             invite,
+            peer,
         } => {
+            if let Some(peer) = &peer {
+                crate::messaging::check_peer_id(peer)?;
+                if invite.is_some() {
+                    return Err(usage(anyhow!(
+                        "give either --invite or --peer (an invite already names the device)"
+                    )));
+                }
+            }
             let store = ctx.open()?;
             let book = Book::new(&*store);
             let region = book.region(ctx.region.as_ref())?;
@@ -779,6 +851,27 @@ fn contacts(ctx: &Ctx, out: &mut Out, cmd: ContactsCmd) -> Result<(), Failure> {
                 (None, Some(p)) => book.add_contact(p, name.as_deref(), now_ms())?,
                 (None, None) => return Err(usage(anyhow!("give a phone number or --invite LINK"))),
             };
+            let requested = match &peer {
+                Some(peer) => {
+                    crate::messaging::engine_command(
+                        ctx,
+                        &store,
+                        instaconnect_core::engine::Command::RequestContact {
+                            phone: c.phone.clone(),
+                            peer: peer.clone(),
+                        },
+                    )?;
+                    true
+                }
+                None => false,
+            };
+            let c = instaconnect_store::Store::contact(&*store, &c.phone)?.unwrap_or(c);
+            if requested && !ctx.json {
+                out.note(format!(
+                    "contact request for {} queued; it is sent when the node reaches that device",
+                    c.phone
+                ));
+            }
             if ctx.json {
                 out.json(&json!({
                     "phone": c.phone,

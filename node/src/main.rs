@@ -7,6 +7,7 @@ mod control_file;
 mod daemon;
 mod files;
 mod home;
+mod messaging;
 mod output;
 
 use std::process::ExitCode;

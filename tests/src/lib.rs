@@ -250,6 +250,29 @@ impl Node {
         &self.control_path
     }
 
+    /// Waits (with a timeout) for a standard output line starting with `prefix`; returns the
+    /// rest of that line.
+    pub fn wait_line(&mut self, prefix: &str) -> String {
+        if let Some(l) = self.stdout.iter().find_map(|l| l.strip_prefix(prefix)) {
+            return l.to_string();
+        }
+        loop {
+            match self.lines.recv_timeout(NODE_TIMEOUT) {
+                Ok(Some(line)) => {
+                    self.stdout.push(line.clone());
+                    if let Some(rest) = line.strip_prefix(prefix) {
+                        return rest.to_string();
+                    }
+                }
+                Ok(None) | Err(_) => panic!(
+                    "the node never printed a line starting with {prefix:?}\nstdout: {:?}\nlog: {}",
+                    self.stdout,
+                    self.log()
+                ),
+            }
+        }
+    }
+
     /// The bearer token from the control file.
     pub fn token(&self) -> String {
         let v: serde_json::Value =
@@ -381,6 +404,17 @@ pub struct Events {
 }
 
 impl Events {
+    /// Skips events until one named `name` satisfies `f`, waiting at most [`NODE_TIMEOUT`]
+    /// for each; returns its data.
+    pub fn wait(&self, name: &str, f: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        loop {
+            let (n, data) = self.next();
+            if n == name && f(&data) {
+                return data;
+            }
+        }
+    }
+
     /// The next event (`event:` name and `data:` JSON), waiting at most [`NODE_TIMEOUT`].
     pub fn next(&self) -> (String, serde_json::Value) {
         self.rx

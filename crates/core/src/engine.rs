@@ -654,6 +654,13 @@ impl Engine {
             peer: peer.to_string(),
             phone,
         });
+        // As a contact the peer may show us more of its profile.
+        self.command(
+            now_ms,
+            Command::RequestProfile {
+                peer: peer.to_string(),
+            },
+        )?;
         // Anything we queued for this contact before the link can go now.
         self.pump_outbox(Some(peer), now_ms)?;
         Ok(())
@@ -1165,6 +1172,12 @@ impl Engine {
                     peer: peer.to_string(),
                     phone: contact.phone.clone(),
                 });
+                self.command(
+                    now_ms,
+                    Command::RequestProfile {
+                        peer: peer.to_string(),
+                    },
+                )?;
                 self.pump_outbox(Some(peer), now_ms)?;
             }
         }

@@ -35,7 +35,8 @@ fn message_key(peer: &str, seq: u64) -> Vec<u8> {
     k
 }
 
-/// The on-disk [`Store`], a sled database in one directory.
+/// The on-disk [`Store`], a sled database in one directory. Clones share the same database.
+#[derive(Clone)]
 pub struct SledStore {
     db: sled::Db,
     path: PathBuf,

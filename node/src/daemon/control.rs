@@ -37,7 +37,7 @@ use tokio::sync::{broadcast, Semaphore};
 
 use super::events::{Event, Events};
 use super::shutdown::Shutdown;
-use super::Db;
+use super::{Db, DriverSlot};
 use crate::home::Home;
 
 /// Largest request body accepted (a command line is far smaller).
@@ -55,6 +55,8 @@ pub struct Api {
     pub db: Db,
     pub events: Events,
     pub shutdown: Shutdown,
+    /// The running engine, once the network is up.
+    pub driver: DriverSlot,
     requests: Arc<Semaphore>,
     subscribers: Arc<Semaphore>,
 }
@@ -67,8 +69,10 @@ impl Api {
         db: Db,
         events: Events,
         shutdown: Shutdown,
+        driver: DriverSlot,
     ) -> Api {
         Api {
+            driver,
             token,
             peer_id,
             home,
@@ -188,7 +192,14 @@ async fn command(
     let joined = tokio::task::spawn_blocking(move || {
         // One command at a time, as when each CLI process held the database alone.
         let store = task_api.db.lock().unwrap_or_else(|p| p.into_inner());
-        let run = crate::cli::run_in_node(&store, &task_api.home, &req.args, req.cwd.as_deref());
+        let driver = task_api.driver.get().cloned();
+        let run = crate::cli::run_in_node(
+            &store,
+            &task_api.home,
+            &req.args,
+            req.cwd.as_deref(),
+            driver,
+        );
         (run, req.args)
     })
     .await;

@@ -16,8 +16,10 @@ pub const EVENT_CHANNEL_CAPACITY: usize = 256;
 pub enum Event {
     /// A command that changed the database ran through the control API.
     Command { args: Vec<String> },
-    // The engine's events (message received, delivery state changed, peer discovered...)
-    // join here with the local-network issue.
+    /// An event of the messaging engine (message received, delivery state, presence...),
+    /// serialized as the engine's own JSON (its `type` names it).
+    #[serde(untagged)]
+    Engine(instaconnect_core::engine::Event),
 }
 
 impl Event {
@@ -25,7 +27,25 @@ impl Event {
     pub fn kind(&self) -> &'static str {
         match self {
             Event::Command { .. } => "command",
+            Event::Engine(e) => engine_kind(e),
         }
+    }
+}
+
+fn engine_kind(e: &instaconnect_core::engine::Event) -> &'static str {
+    use instaconnect_core::engine::Event as E;
+    match e {
+        E::MessageReceived { .. } => "message_received",
+        E::StateChanged { .. } => "state_changed",
+        E::ContactRequest { .. } => "contact_request",
+        E::ContactAccepted { .. } => "contact_accepted",
+        E::Presence { .. } => "presence",
+        E::Profile { .. } => "profile",
+        E::PeerDiscovered { .. } => "peer_discovered",
+        E::PeerLost { .. } => "peer_lost",
+        E::UnsupportedVersion { .. } => "unsupported_version",
+        E::Misbehaving { .. } => "misbehaving",
+        E::Problem { .. } => "problem",
     }
 }
 

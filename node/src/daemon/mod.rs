@@ -34,6 +34,8 @@ use crate::{usage, Failure};
 /// The node's open database. The lock makes each command (and later each engine step) see and
 /// write the store alone, as separate CLI processes did.
 pub type Db = Arc<Mutex<SledStore>>;
+/// The engine's driver, set once the network has started.
+pub type DriverSlot = Arc<std::sync::OnceLock<instaconnect_net::driver::DriverHandle>>;
 
 /// How long shutdown waits for control requests in flight, and then for the network.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -114,6 +116,7 @@ async fn serve(
 
     let db: Db = Arc::new(Mutex::new(store));
     let events = events::Events::new();
+    let driver: DriverSlot = Arc::new(std::sync::OnceLock::new());
     let api = Arc::new(control::Api::new(
         token,
         peer_id.clone(),
@@ -121,6 +124,7 @@ async fn serve(
         db.clone(),
         events.clone(),
         shutdown.clone(),
+        driver.clone(),
     ));
     let server = tokio::spawn(
         axum::serve(listener, control::router(api))
@@ -132,6 +136,7 @@ async fn serve(
         config.network.clone(),
         events,
         shutdown.clone(),
+        driver,
     ));
 
     println!("peer id: {peer_id}");

@@ -26,6 +26,11 @@ impl Shutdown {
         let _ = self.0.wait_for(|fired| *fired).await;
     }
 
+    /// The underlying watch channel (true once shutdown has started).
+    pub fn watch(&self) -> watch::Receiver<bool> {
+        self.0.clone()
+    }
+
     /// Owned form of [`Shutdown::wait`], for APIs that take a `'static` future.
     pub async fn wait_owned(mut self) {
         self.wait().await

@@ -1,0 +1,130 @@
+//! Two `instaconnect run` processes on 127.0.0.1 with `--peer`: link as contacts, chat both
+//! ways, see delivered and read states and each other's permitted profile fields.
+
+use instaconnect_e2e::Home;
+use serde_json::Value;
+
+fn account(phone: &str, name: &str) -> Home {
+    let h = Home::new();
+    h.ok(&["account", "create", "--phone", phone, "--name", name]);
+    h
+}
+
+#[test]
+fn two_nodes_link_chat_both_ways_and_see_delivered_and_read() {
+    let asha = account("+919812345678", "Asha");
+    let ravi = account("+919812340001", "Ravi");
+    ravi.ok(&["profile", "set", "--status", "on the train"]);
+    ravi.ok(&["privacy", "set", "status", "contacts"]);
+
+    let mut ravi_node = ravi.start_node();
+    let ravi_addr = ravi_node.wait_line("listening on ");
+    assert!(ravi_addr.starts_with("/ip4/127.0.0.1/tcp/"), "{ravi_addr}");
+    let ravi_events = ravi_node.events();
+    let asha_node = asha.start_node_with(&["--peer", &ravi_addr]);
+    let asha_events = asha_node.events();
+
+    // Asha links Ravi's number to his device; Ravi sees the request and accepts it.
+    asha.ok(&[
+        "contacts",
+        "add",
+        "+919812340001",
+        "--name",
+        "Ravi",
+        "--peer",
+        &ravi_node.peer_id,
+    ]);
+    ravi_events.wait("contact_request", |d| d["phone"] == "+919812345678");
+    let reqs = ravi.json(&["contacts", "requests"]);
+    assert_eq!(reqs[0]["name"], "Asha");
+    ravi.ok(&["contacts", "accept", "+919812345678"]);
+    asha_events.wait("contact_accepted", |d| d["phone"] == "+919812340001");
+    // Ravi's contact list now has Asha with verified keys.
+    let ravi_contacts = ravi.json(&["contacts", "list"]);
+    assert_eq!(ravi_contacts[0]["phone"], "+919812345678");
+    assert_eq!(ravi_contacts[0]["name"], "Asha");
+
+    let sent = asha.json(&["send", "Ravi", "hello", "from", "Asha"]);
+    let id = sent["id"].as_str().unwrap().to_string();
+    let got = ravi_events.wait("message_received", |d| d["id"] == id.as_str());
+    assert_eq!(got["text"], "hello from Asha");
+    assert_eq!(got["from"], "+919812345678");
+    asha_events.wait("state_changed", |d| {
+        d["id"] == id.as_str() && d["state"] == "Delivered"
+    });
+
+    // Ravi opens the conversation: Asha sees "read" (Ravi's receipts go to contacts).
+    let h = ravi.json(&["history", "Asha"]);
+    assert_eq!(h[0]["text"], "hello from Asha");
+    assert_eq!(h[0]["direction"], "in");
+    asha_events.wait("state_changed", |d| {
+        d["id"] == id.as_str() && d["state"] == "Read"
+    });
+    let mine = asha.json(&["history", "Ravi"]);
+    assert_eq!(mine[0]["state"], "read");
+
+    ravi.ok(&["send", "Asha", "hi Asha!"]);
+    asha_events.wait("message_received", |d| d["text"] == "hi Asha!");
+    let inbox = asha.json(&["inbox"]);
+    assert_eq!(inbox[0]["contact"], "+919812340001");
+    assert_eq!(inbox[0]["unread"], 1);
+    assert_eq!(inbox[0]["last_message"]["text"], "hi Asha!");
+    let conv: Vec<String> = asha
+        .json(&["history", "Ravi"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            format!(
+                "{} {}",
+                m["direction"].as_str().unwrap(),
+                m["text"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(conv, vec!["out hello from Asha", "in hi Asha!"]);
+
+    // Asha sees what Ravi's privacy lets a contact see: name, phone and status (contacts).
+    let nearby: Value = asha.json(&["nearby"]);
+    let r = nearby
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["peer"] == ravi_node.peer_id.as_str())
+        .expect("ravi is listed");
+    assert_eq!(r["connected"], true);
+    assert_eq!(r["contact"], "+919812340001");
+    assert_eq!(r["profile"]["phone"], "+919812340001");
+    assert_eq!(r["profile"]["status"], "on the train");
+    assert_eq!(r["profile"]["name"], "Ravi");
+}
+
+#[test]
+fn a_message_sent_while_the_node_is_down_is_queued_then_delivered() {
+    let asha = account("+919812345678", "Asha");
+    let ravi = account("+919812340001", "Ravi");
+    let mut ravi_node = ravi.start_node();
+    let ravi_addr = ravi_node.wait_line("listening on ");
+    let ravi_events = ravi_node.events();
+    {
+        let asha_node = asha.start_node_with(&["--peer", &ravi_addr]);
+        let asha_events = asha_node.events();
+        asha.ok(&[
+            "contacts",
+            "add",
+            "+919812340001",
+            "--peer",
+            &ravi_node.peer_id,
+        ]);
+        ravi_events.wait("contact_request", |_| true);
+        ravi.ok(&["contacts", "accept", "+919812345678"]);
+        asha_events.wait("contact_accepted", |_| true);
+        let _ = asha_node.signal("TERM");
+    }
+    // Asha's node is down: the CLI queues the message in her store.
+    let queued = asha.json(&["send", "+919812340001", "written offline"]);
+    assert_eq!(queued["state"], "queued");
+    let _asha_node = asha.start_node_with(&["--peer", &ravi_addr]);
+    let got = ravi_events.wait("message_received", |_| true);
+    assert_eq!(got["text"], "written offline");
+}
