@@ -127,6 +127,21 @@ impl Home {
         )
     }
 
+    /// `contacts list` as (phone, name) pairs, in order.
+    pub fn contacts(&self) -> Vec<(String, Option<String>)> {
+        self.json(&["contacts", "list"])
+            .as_array()
+            .expect("array")
+            .iter()
+            .map(|c| {
+                (
+                    c["phone"].as_str().expect("phone").to_string(),
+                    c["name"].as_str().map(str::to_string),
+                )
+            })
+            .collect()
+    }
+
     /// The account's export without its timestamp, for comparing state before and after.
     pub fn state(&self) -> Value {
         let mut v = self.json(&["export"]);

@@ -38,19 +38,6 @@ fn created() -> Home {
     h
 }
 
-fn contacts_by_phone(v: &Value) -> Vec<(String, Option<String>)> {
-    v.as_array()
-        .expect("array")
-        .iter()
-        .map(|c| {
-            (
-                c["phone"].as_str().unwrap().to_string(),
-                c["name"].as_str().map(str::to_string),
-            )
-        })
-        .collect()
-}
-
 #[test]
 fn the_whole_foundation_flow_works_and_export_holds_it_all() {
     let h = created();
@@ -101,7 +88,7 @@ fn the_whole_foundation_flow_works_and_export_holds_it_all() {
         "{summary}"
     );
 
-    let list = contacts_by_phone(&h.json(&["contacts", "list"]));
+    let list = h.contacts();
     assert_eq!(
         list,
         vec![
@@ -427,7 +414,7 @@ fn csv_import_reports_each_skipped_line() {
     assert_eq!(s["added"].as_array().unwrap().len(), 2, "{s}");
     assert_eq!(s["merged"], 1, "{s}");
     assert_eq!(s["skipped"][0]["line"], 3, "{s}");
-    let list = contacts_by_phone(&h.json(&["contacts", "list"]));
+    let list = h.contacts();
     assert_eq!(
         list,
         vec![

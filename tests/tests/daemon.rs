@@ -86,17 +86,7 @@ fn json_of(o: &Output) -> Value {
 }
 
 fn contacts(h: &Home) -> Vec<(String, Option<String>)> {
-    h.json(&["contacts", "list"])
-        .as_array()
-        .expect("array")
-        .iter()
-        .map(|c| {
-            (
-                c["phone"].as_str().unwrap().to_string(),
-                c["name"].as_str().map(str::to_string),
-            )
-        })
-        .collect()
+    h.contacts()
 }
 
 #[test]

@@ -333,13 +333,8 @@ impl<'a> Book<'a> {
                 }
                 (
                     ContactRecord {
-                        phone: phone.as_str().to_string(),
                         name,
-                        peer_id: None,
-                        identity_key: None,
-                        card: None,
-                        added_at_ms: now_ms,
-                        updated_at_ms: now_ms,
+                        ..ContactRecord::new(phone.as_str(), now_ms)
                     },
                     true,
                 )
@@ -466,13 +461,8 @@ impl<'a> Book<'a> {
                 }
                 None => {
                     let c = ContactRecord {
-                        phone: key.clone(),
                         name,
-                        peer_id: None,
-                        identity_key: None,
-                        card: None,
-                        added_at_ms: now_ms,
-                        updated_at_ms: now_ms,
+                        ..ContactRecord::new(&key, now_ms)
                     };
                     changed.insert(key, c);
                 }
@@ -556,15 +546,7 @@ impl<'a> Book<'a> {
             return Err(BookError::TooManyContacts);
         }
         let new = existing.is_none();
-        let mut c = existing.unwrap_or(ContactRecord {
-            phone: phone.as_str().to_string(),
-            name: None,
-            peer_id: None,
-            identity_key: None,
-            card: None,
-            added_at_ms: now_ms,
-            updated_at_ms: now_ms,
-        });
+        let mut c = existing.unwrap_or_else(|| ContactRecord::new(phone.as_str(), now_ms));
         if name.is_some() {
             c.name = name;
         }

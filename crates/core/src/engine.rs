@@ -616,15 +616,10 @@ impl Engine {
             .phone
             .clone()
             .ok_or_else(|| EngineError::RequestWithoutPhone(peer.to_string()))?;
-        let mut contact = self.store.contact(&phone)?.unwrap_or(ContactRecord {
-            phone: phone.clone(),
-            name: None,
-            peer_id: None,
-            identity_key: None,
-            card: None,
-            added_at_ms: now_ms,
-            updated_at_ms: now_ms,
-        });
+        let mut contact = self
+            .store
+            .contact(&phone)?
+            .unwrap_or_else(|| ContactRecord::new(&phone, now_ms));
         if contact.name.is_none() {
             contact.name = card.display.name.clone();
         }
@@ -650,20 +645,23 @@ impl Engine {
             now_ms,
         )?;
         self.peer_mut(peer, now_ms).view.contact = Some(phone.clone());
+        self.on_linked(peer, phone, now_ms)
+    }
+
+    /// Both sides of a link: tell the user, refresh the peer's profile (as a contact it may
+    /// show us more), and send whatever was queued for it before the link.
+    fn on_linked(&mut self, peer: &str, phone: String, now_ms: u64) -> Result<()> {
         self.event(Event::ContactAccepted {
             peer: peer.to_string(),
             phone,
         });
-        // As a contact the peer may show us more of its profile.
         self.command(
             now_ms,
             Command::RequestProfile {
                 peer: peer.to_string(),
             },
         )?;
-        // Anything we queued for this contact before the link can go now.
-        self.pump_outbox(Some(peer), now_ms)?;
-        Ok(())
+        self.pump_outbox(Some(peer), now_ms)
     }
 
     /// Seals a payload that is not a stored message (accept, receipt) into the outbox, so it is
@@ -1168,17 +1166,7 @@ impl Engine {
                 ops.push(Op::MarkSeen(id));
                 ops.push(Op::RemoveContactRequest(peer.to_string()));
                 self.store.apply_deferred(ops)?;
-                self.event(Event::ContactAccepted {
-                    peer: peer.to_string(),
-                    phone: contact.phone.clone(),
-                });
-                self.command(
-                    now_ms,
-                    Command::RequestProfile {
-                        peer: peer.to_string(),
-                    },
-                )?;
-                self.pump_outbox(Some(peer), now_ms)?;
+                self.on_linked(peer, contact.phone.clone(), now_ms)?;
             }
         }
         self.respond(channel, Response::Ack(id))

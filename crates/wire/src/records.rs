@@ -82,6 +82,21 @@ pub struct ContactRecord {
     pub updated_at_ms: u64,
 }
 
+impl ContactRecord {
+    /// A new contact with only its number, added at `now_ms`.
+    pub fn new(phone: &str, now_ms: u64) -> ContactRecord {
+        ContactRecord {
+            phone: phone.to_string(),
+            name: None,
+            peer_id: None,
+            identity_key: None,
+            card: None,
+            added_at_ms: now_ms,
+            updated_at_ms: now_ms,
+        }
+    }
+}
+
 /// A blocked phone number (a contact or not).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BlockRecord {
