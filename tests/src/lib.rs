@@ -51,6 +51,8 @@ fn locate_or_build() -> PathBuf {
 /// A temporary data directory with helpers to run commands in it.
 pub struct Home {
     dir: tempfile::TempDir,
+    /// Run every command inside this network namespace (`ip netns exec`).
+    netns: Option<String>,
 }
 
 impl Default for Home {
@@ -63,6 +65,15 @@ impl Home {
     pub fn new() -> Home {
         Home {
             dir: tempfile::tempdir().expect("temp dir"),
+            netns: None,
+        }
+    }
+
+    /// A home whose commands (and node) all run inside network namespace `ns`.
+    pub fn in_netns(ns: &str) -> Home {
+        Home {
+            netns: Some(ns.to_string()),
+            ..Home::new()
         }
     }
 
@@ -80,7 +91,14 @@ impl Home {
     }
 
     pub fn cmd(&self) -> Command {
-        let mut c = Command::new(bin());
+        let mut c = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(bin());
+                c
+            }
+            None => Command::new(bin()),
+        };
         c.arg("--home").arg(self.data_dir());
         c.env_remove("INSTACONNECT_HOME");
         c
@@ -164,12 +182,19 @@ impl Home {
 
     /// [`Home::start_node`] with extra arguments for `run`.
     pub fn start_node_with(&self, extra: &[&str]) -> Node {
+        let mut args = vec!["--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"];
+        args.extend_from_slice(extra);
+        self.spawn_node(&args)
+    }
+
+    /// Starts `instaconnect run ARGS` (nothing added) and waits for its control API line.
+    pub fn spawn_node(&self, run_args: &[&str]) -> Node {
         let stderr_path = self.file(&format!("node-{}.log", unique()));
         let stderr = std::fs::File::create(&stderr_path).expect("create node log");
         let mut child = self
             .cmd()
-            .args(["run", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"])
-            .args(extra)
+            .arg("run")
+            .args(run_args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr)
@@ -447,4 +472,91 @@ pub fn png(width: u32, height: u32) -> Vec<u8> {
     img.write_to(&mut out, image::ImageFormat::Png)
         .expect("encode png");
     out.into_inner()
+}
+
+/// Two network namespaces joined by a veth pair (10.78.N.1/24 and 10.78.N.2/24, multicast
+/// routed on the veth), deleted on drop even when a test fails. Needs root and iproute2.
+pub struct NetnsPair {
+    pub a: String,
+    pub b: String,
+}
+
+/// Whether this process is root (network namespace tests need it; CI is root).
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run `ip` (scripts/setup installs iproute2): {e}"));
+    assert!(
+        out.status.success(),
+        "`ip {}` failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl NetnsPair {
+    pub fn new(tag: &str) -> NetnsPair {
+        let n = std::process::id() % 200 + 20;
+        let pair = NetnsPair {
+            a: format!("ic-{tag}-{n}-a"),
+            b: format!("ic-{tag}-{n}-b"),
+        };
+        ip(&["netns", "add", &pair.a]);
+        ip(&["netns", "add", &pair.b]);
+        let (va, vb) = (format!("ic{n}{tag}a"), format!("ic{n}{tag}b"));
+        let (va, vb) = (&va[..va.len().min(15)], &vb[..vb.len().min(15)]);
+        ip(&[
+            "link", "add", va, "netns", &pair.a, "type", "veth", "peer", "name", vb, "netns",
+            &pair.b,
+        ]);
+        for (ns, dev, addr) in [
+            (&pair.a, va, format!("10.78.{n}.1/24")),
+            (&pair.b, vb, format!("10.78.{n}.2/24")),
+        ] {
+            ip(&["-n", ns, "addr", "add", &addr, "dev", dev]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+            ip(&["-n", ns, "link", "set", dev, "multicast", "on"]);
+            ip(&["-n", ns, "link", "set", dev, "up"]);
+            ip(&["-n", ns, "route", "add", "224.0.0.0/4", "dev", dev]);
+        }
+        // Carrier follows both ends being up; wait for it (each `ip` call is the wait).
+        for (ns, dev) in [(&pair.a, va), (&pair.b, vb)] {
+            let deadline = std::time::Instant::now() + NODE_TIMEOUT;
+            loop {
+                let out = Command::new("ip")
+                    .args(["-n", ns, "-o", "link", "show", "dev", dev])
+                    .output()
+                    .expect("run ip");
+                let text = String::from_utf8_lossy(&out.stdout);
+                if text.contains("LOWER_UP") {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{dev} in {ns} never came up: {text}"
+                );
+            }
+        }
+        pair
+    }
+}
+
+impl Drop for NetnsPair {
+    fn drop(&mut self) {
+        for ns in [&self.a, &self.b] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
 }
