@@ -55,14 +55,23 @@ fn two_nodes_find_each_other_with_mdns_and_chat() {
     let started = Instant::now();
     let ravi_node = ravi.spawn_node(&["--listen", "/ip4/0.0.0.0/tcp/0"]);
     let _asha_node = asha.spawn_node(&["--listen", "/ip4/0.0.0.0/tcp/0"]);
-    let seen = until(&asha, &["nearby"], "Ravi in Asha's nearby list", |v| {
+    until(&asha, &["nearby"], "Ravi in Asha's nearby list", |v| {
+        v.as_array()
+            .is_some_and(|a| a.iter().any(|p| p["peer"] == ravi_node.peer_id.as_str()))
+    });
+    println!(
+        "nearby showed the other node {} ms after start (target: under 1000 ms)",
+        started.elapsed().as_millis()
+    );
+    // Asha's own mDNS browse resolves Ravi too, with his address on the veth.
+    let seen = until(&asha, &["nearby"], "Ravi discovered by Asha's mDNS", |v| {
         v.as_array().is_some_and(|a| {
             a.iter()
                 .any(|p| p["peer"] == ravi_node.peer_id.as_str() && p["discovered"] == true)
         })
     });
     println!(
-        "nearby showed the other node {} ms after start (target: under 1000 ms)",
+        "its own mDNS query resolved the other node {} ms after start",
         started.elapsed().as_millis()
     );
     let r = seen
