@@ -16,7 +16,7 @@
 //! session from that pre-key message. Texts, read receipts and presence then travel as sealed
 //! envelopes; each text is acknowledged end to end once stored.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use instaconnect_crypto::{
@@ -29,7 +29,7 @@ use instaconnect_wire::proto::{
 };
 use instaconnect_wire::records::{
     AccountRecord, ContactRecord, ContactRequestRecord, ConversationRecord, DeliveryState,
-    Direction, MessageRecord, OutboxEntry, Visibility,
+    Direction, HeldMessage, MessageRecord, OutboxEntry, Visibility,
 };
 use instaconnect_wire::SecretBytes;
 use rand::{RngCore, SeedableRng};
@@ -49,6 +49,10 @@ pub const MAX_CONTACT_REQUESTS: usize = 256;
 pub const MAX_BAD_FRAMES: u32 = 16;
 /// Most outputs waiting for the next commit; beyond it inputs are refused (`NotNow`).
 pub const MAX_PENDING_OUTPUTS: usize = 65_536;
+/// Most texts of one conversation held back behind a gap; one more shows them all.
+pub const MAX_HELD_PER_CONVERSATION: usize = 1_024;
+/// How long texts wait behind a gap in a contact's numbering before they are shown anyway.
+pub const GAP_TIMEOUT_MS: u64 = 120_000;
 
 /// What happened on the network, as told by the shell.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -235,6 +239,63 @@ struct PeerState {
     requested: bool,
 }
 
+/// The outbox in memory, so sending, acks and timers cost nothing per queued entry. The store
+/// holds the same entries durably; both are changed together.
+#[derive(Default)]
+struct Outbox {
+    /// Per peer device, the entries in the order they go out: (order, id) -> entry. Order is
+    /// 0 for control payloads (accepts, receipts) and the message's sequence + 1 for texts.
+    queues: HashMap<String, BTreeMap<(u64, [u8; 16]), OutboxEntry>>,
+    /// id -> (peer device, order).
+    index: HashMap<[u8; 16], (String, u64)>,
+    /// Entries sent and waiting for their answer.
+    inflight: HashSet<[u8; 16]>,
+}
+
+impl Outbox {
+    fn insert(&mut self, order: u64, e: OutboxEntry) {
+        self.remove(&e.id);
+        self.index.insert(e.id, (e.peer_id.clone(), order));
+        self.queues
+            .entry(e.peer_id.clone())
+            .or_default()
+            .insert((order, e.id), e);
+    }
+
+    fn remove(&mut self, id: &[u8; 16]) -> Option<OutboxEntry> {
+        let (peer, order) = self.index.remove(id)?;
+        self.inflight.remove(id);
+        let q = self.queues.get_mut(&peer)?;
+        let e = q.remove(&(order, *id));
+        if q.is_empty() {
+            self.queues.remove(&peer);
+        }
+        e
+    }
+
+    fn get_mut(&mut self, id: &[u8; 16]) -> Option<&mut OutboxEntry> {
+        let (peer, order) = self.index.get(id)?;
+        self.queues.get_mut(peer)?.get_mut(&(*order, *id))
+    }
+}
+
+/// Received texts waiting behind a gap, per conversation (contact phone).
+#[derive(Default)]
+struct HeldTexts {
+    by_conversation: HashMap<String, BTreeMap<u64, MessageRecord>>,
+}
+
+impl HeldTexts {
+    /// When the oldest held text of each conversation was stored.
+    fn since(&self, phone: &str) -> Option<u64> {
+        self.by_conversation
+            .get(phone)?
+            .values()
+            .map(|m| m.stored_at_ms)
+            .min()
+    }
+}
+
 enum Pending {
     Envelope { id: [u8; 16] },
     Ephemeral,
@@ -259,6 +320,15 @@ pub struct Engine {
     /// Outputs released by a commit, waiting to be polled.
     ready: VecDeque<Output>,
     device_dirty: bool,
+    outbox: Outbox,
+    held: HeldTexts,
+}
+
+fn earliest(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 fn hex(id: &[u8; 16]) -> String {
@@ -273,6 +343,18 @@ impl Engine {
         let identity = Identity::from_secret_bytes(account.identity_secret.expose())?;
         let device = Device::from_pickle_bytes(account.device_pickle.expose())?;
         let own_keys = device.signed_keys(&identity);
+        let mut outbox = Outbox::default();
+        for e in store.outbox()? {
+            let order = store.message(&e.id)?.map_or(0, |m| m.seq + 1);
+            outbox.insert(order, e);
+        }
+        let mut held = HeldTexts::default();
+        for h in store.held()? {
+            held.by_conversation
+                .entry(h.message.peer.clone())
+                .or_default()
+                .insert(h.n, h.message);
+        }
         Ok(Engine {
             store,
             identity,
@@ -287,6 +369,8 @@ impl Engine {
             staged: Vec::new(),
             ready: VecDeque::new(),
             device_dirty: false,
+            outbox,
+            held,
         })
     }
 
@@ -333,18 +417,48 @@ impl Engine {
 
     /// When [`Engine::handle_timeout`] should next be called.
     pub fn poll_timeout(&self) -> Option<u64> {
-        let entries = self.store.outbox().ok()?;
-        entries
-            .iter()
-            .filter(|e| self.reachable(&e.peer_id) && !self.is_inflight(&e.id))
-            .map(|e| e.next_attempt_ms)
-            .min()
+        let mut next: Option<u64> = None;
+        for (peer, queue) in &self.outbox.queues {
+            let inflight = self.peers.get(peer).map_or(0, |p| p.inflight);
+            if !self.reachable(peer) || inflight >= MAX_INFLIGHT_PER_PEER {
+                continue;
+            }
+            // Entries go out in order and everything due is sent at once while the window has
+            // room, so the next retry is among the first entries waiting.
+            let soonest = queue
+                .values()
+                .filter(|e| !self.outbox.inflight.contains(&e.id))
+                .take(MAX_INFLIGHT_PER_PEER)
+                .map(|e| e.next_attempt_ms)
+                .min();
+            next = earliest(next, soonest);
+        }
+        for phone in self.held.by_conversation.keys() {
+            next = earliest(next, self.held.since(phone).map(|s| s + GAP_TIMEOUT_MS));
+        }
+        next
     }
 
-    /// Retries envelopes whose backoff has passed.
+    /// Retries envelopes whose backoff has passed and shows texts whose gap timed out.
     pub fn handle_timeout(&mut self, now_ms: u64) {
         if let Err(e) = self.pump_outbox(None, now_ms) {
             self.problem(format!("outbox: {e}"));
+        }
+        let expired: Vec<String> = self
+            .held
+            .by_conversation
+            .keys()
+            .filter(|p| {
+                self.held
+                    .since(p)
+                    .is_some_and(|s| s + GAP_TIMEOUT_MS <= now_ms)
+            })
+            .cloned()
+            .collect();
+        for phone in expired {
+            if let Err(e) = self.release_held(&phone, true, now_ms) {
+                self.problem(format!("held texts from {phone}: {e}"));
+            }
         }
     }
 
@@ -372,12 +486,6 @@ impl Engine {
         self.peers
             .get(peer)
             .is_some_and(|p| p.view.connected || p.view.discovered)
-    }
-
-    fn is_inflight(&self, id: &[u8; 16]) -> bool {
-        self.pending
-            .values()
-            .any(|(_, p)| matches!(p, Pending::Envelope { id: x } if x == id))
     }
 
     fn peer_mut(&mut self, peer: &str, now_ms: u64) -> &mut PeerState {
@@ -576,11 +684,13 @@ impl Engine {
             attempts: 0,
             next_attempt_ms: now_ms,
         };
+        let order = msg.seq + 1;
         self.store.apply_deferred(vec![
             Op::PutMessage(msg),
             Op::PutConversation(conv),
-            Op::PutOutbox(entry),
+            Op::PutOutbox(entry.clone()),
         ])?;
+        self.outbox.insert(order, entry);
         self.pump_outbox(Some(&peer), now_ms)?;
         Ok(hex(&id))
     }
@@ -661,6 +771,7 @@ impl Engine {
                 peer: peer.to_string(),
             },
         )?;
+        self.due_now(peer, now_ms);
         self.pump_outbox(Some(peer), now_ms)
     }
 
@@ -669,16 +780,18 @@ impl Engine {
     fn queue_ephemeral(&mut self, peer: &str, payload: &Payload, now_ms: u64) -> Result<()> {
         let id = self.random_id();
         let frame = self.seal(peer, payload, id, now_ms)?;
-        let mut ops = Vec::new();
-        self.save_session(peer, &mut ops);
-        ops.push(Op::PutOutbox(OutboxEntry {
+        let entry = OutboxEntry {
             id,
             peer_id: peer.to_string(),
             envelope: frame,
             attempts: 0,
             next_attempt_ms: now_ms,
-        }));
+        };
+        let mut ops = Vec::new();
+        self.save_session(peer, &mut ops);
+        ops.push(Op::PutOutbox(entry.clone()));
         self.store.apply_deferred(ops)?;
+        self.outbox.insert(0, entry);
         self.pump_outbox(Some(peer), now_ms)
     }
 
@@ -722,70 +835,109 @@ impl Engine {
     /// Sends what the outbox holds for `only` (or every reachable peer) that is due, in order,
     /// within the in-flight window.
     fn pump_outbox(&mut self, only: Option<&str>, now_ms: u64) -> Result<()> {
-        let entries = self.store.outbox()?;
-        // Oldest first per peer: messages by their conversation order, then ephemeral ones.
-        let mut by_peer: BTreeMap<String, Vec<(u64, OutboxEntry)>> = BTreeMap::new();
-        for e in entries {
-            if only.is_some_and(|p| p != e.peer_id) {
-                continue;
-            }
-            let order = match self.store.message(&e.id)? {
-                Some(m) => m.seq,
-                None => 0,
-            };
-            by_peer
-                .entry(e.peer_id.clone())
-                .or_default()
-                .push((order, e));
-        }
-        for (peer, mut list) in by_peer {
+        let peers: Vec<String> = match only {
+            Some(p) => vec![p.to_string()],
+            None => self.outbox.queues.keys().cloned().collect(),
+        };
+        for peer in peers {
             if !self.reachable(&peer) {
                 continue;
             }
-            list.sort_by_key(|(o, e)| (*o, e.id));
-            for (_, mut e) in list {
-                if self.peers.get(&peer).map_or(0, |p| p.inflight) >= MAX_INFLIGHT_PER_PEER {
+            let room = MAX_INFLIGHT_PER_PEER
+                .saturating_sub(self.peers.get(&peer).map_or(0, |p| p.inflight));
+            let Some(queue) = self.outbox.queues.get(&peer) else {
+                continue;
+            };
+            let due: Vec<[u8; 16]> = queue
+                .values()
+                .filter(|e| e.next_attempt_ms <= now_ms && !self.outbox.inflight.contains(&e.id))
+                .take(room)
+                .map(|e| e.id)
+                .collect();
+            for id in due {
+                if !self.send_entry(&peer, id, now_ms)? {
                     break;
                 }
-                if e.next_attempt_ms > now_ms || self.is_inflight(&e.id) {
-                    continue;
-                }
-                if e.envelope.is_empty() {
-                    // A text queued before it could be sealed.
-                    let Some(msg) = self.store.message(&e.id)? else {
-                        self.store.apply_deferred(vec![Op::RemoveOutbox(e.id)])?;
-                        continue;
-                    };
-                    if self.session(&peer)?.is_none() || self.recipient_keys(&peer)?.is_none() {
-                        // Not linked yet: ask, and keep the message queued.
-                        let asked = self.peers.get(&peer).is_some_and(|p| p.requested);
-                        if !asked && self.peers.get(&peer).is_some_and(|p| p.view.connected) {
-                            self.send_contact_request(&peer, now_ms)?;
-                        }
-                        break;
-                    }
-                    e.envelope =
-                        self.seal(&peer, &Payload::Text { text: msg.text }, e.id, now_ms)?;
-                    let mut ops = Vec::new();
-                    self.save_session(&peer, &mut ops);
-                    ops.push(Op::PutOutbox(e.clone()));
-                    self.store.apply_deferred(ops)?;
-                }
-                let tag = self.tag();
-                self.pending
-                    .insert(tag, (peer.clone(), Pending::Envelope { id: e.id }));
-                if let Some(p) = self.peers.get_mut(&peer) {
-                    p.inflight += 1;
-                }
-                self.staged.push(Output::Request {
-                    peer: peer.clone(),
-                    tag,
-                    frame: e.envelope.clone(),
-                });
-                self.set_state(&e.id, DeliveryState::Sent)?;
             }
         }
         Ok(())
+    }
+
+    /// Everything queued for `peer` goes at the next pump, whatever its backoff said (in memory
+    /// only: the stored backoff is a fallback after a restart, which resets it again).
+    fn due_now(&mut self, peer: &str, now_ms: u64) {
+        if let Some(queue) = self.outbox.queues.get_mut(peer) {
+            for e in queue.values_mut() {
+                e.next_attempt_ms = e.next_attempt_ms.min(now_ms);
+            }
+        }
+    }
+
+    /// Sends one outbox entry, sealing a queued text first. False if it has to wait (the
+    /// contact is not linked yet), and so do the entries after it.
+    fn send_entry(&mut self, peer: &str, id: [u8; 16], now_ms: u64) -> Result<bool> {
+        let Some(e) = self.outbox.get_mut(&id) else {
+            return Ok(true);
+        };
+        if e.envelope.is_empty() {
+            // A text queued before it could be sealed.
+            let Some(msg) = self.store.message(&id)? else {
+                self.outbox.remove(&id);
+                self.store.apply_deferred(vec![Op::RemoveOutbox(id)])?;
+                return Ok(true);
+            };
+            if self.session(peer)?.is_none() || self.recipient_keys(peer)?.is_none() {
+                // Not linked yet: ask, and keep the message queued.
+                let asked = self.peers.get(peer).is_some_and(|p| p.requested);
+                if !asked && self.peers.get(peer).is_some_and(|p| p.view.connected) {
+                    self.send_contact_request(peer, now_ms)?;
+                }
+                // The link (or a reconnection) makes it due again; until then no timer.
+                if let Some(e) = self.outbox.get_mut(&id) {
+                    e.next_attempt_ms = now_ms + RETRY_MAX_MS;
+                }
+                return Ok(false);
+            }
+            let mut conv = self
+                .store
+                .conversation(&msg.peer)?
+                .unwrap_or(ConversationRecord {
+                    peer: msg.peer.clone(),
+                    ..ConversationRecord::default()
+                });
+            conv.sent_n += 1;
+            let payload = Payload::Text {
+                text: msg.text,
+                n: conv.sent_n,
+            };
+            let envelope = self.seal(peer, &payload, id, now_ms)?;
+            let mut ops = vec![Op::PutConversation(conv)];
+            self.save_session(peer, &mut ops);
+            let Some(e) = self.outbox.get_mut(&id) else {
+                return Ok(true);
+            };
+            e.envelope = envelope;
+            ops.push(Op::PutOutbox(e.clone()));
+            self.store.apply_deferred(ops)?;
+        }
+        let Some(e) = self.outbox.get_mut(&id) else {
+            return Ok(true);
+        };
+        let frame = e.envelope.clone();
+        self.outbox.inflight.insert(id);
+        let tag = self.tag();
+        self.pending
+            .insert(tag, (peer.to_string(), Pending::Envelope { id }));
+        if let Some(p) = self.peers.get_mut(peer) {
+            p.inflight += 1;
+        }
+        self.staged.push(Output::Request {
+            peer: peer.to_string(),
+            tag,
+            frame,
+        });
+        self.set_state(&id, DeliveryState::Sent)?;
+        Ok(true)
     }
 
     /// Moves an outgoing message forward to `state` (never backwards).
@@ -866,15 +1018,7 @@ impl Engine {
     }
 
     fn on_connected(&mut self, peer: &str, now_ms: u64) -> Result<()> {
-        // Everything due for this peer goes now, whatever its backoff said.
-        let mut ops = Vec::new();
-        for mut e in self.store.outbox()? {
-            if e.peer_id == peer && e.next_attempt_ms > now_ms {
-                e.next_attempt_ms = now_ms;
-                ops.push(Op::PutOutbox(e));
-            }
-        }
-        self.store.apply_deferred(ops)?;
+        self.due_now(peer, now_ms);
         let contact = self.contact_by_peer(peer);
         if let Some(c) = &contact {
             let privacy = self.store.settings()?.privacy;
@@ -1095,35 +1239,18 @@ impl Engine {
         let mut ops = Vec::new();
         self.save_session(peer, &mut ops);
         match payload {
-            Payload::Text { text } => {
-                let mut conv =
-                    self.store
-                        .conversation(&contact.phone)?
-                        .unwrap_or(ConversationRecord {
-                            peer: contact.phone.clone(),
-                            ..ConversationRecord::default()
-                        });
-                ops.push(Op::PutMessage(MessageRecord {
+            Payload::Text { text, n } => {
+                let message = MessageRecord {
                     id,
                     peer: contact.phone.clone(),
-                    seq: conv.next_seq,
+                    seq: 0,
                     direction: Direction::Incoming,
-                    text: text.clone(),
+                    text,
                     sent_at_ms: opened.timestamp_ms,
                     stored_at_ms: now_ms,
                     state: DeliveryState::Delivered,
-                }));
-                conv.next_seq += 1;
-                conv.unread = conv.unread.saturating_add(1);
-                conv.last_activity_ms = now_ms;
-                ops.push(Op::PutConversation(conv));
-                self.store.apply_deferred(ops)?;
-                self.event(Event::MessageReceived {
-                    from: contact.phone,
-                    id: hex(&id),
-                    text,
-                    sent_at_ms: opened.timestamp_ms,
-                });
+                };
+                self.receive_text(message, n, ops, now_ms)?;
             }
             Payload::Read { ids } => {
                 ops.push(Op::MarkSeen(id));
@@ -1172,11 +1299,111 @@ impl Engine {
         self.respond(channel, Response::Ack(id))
     }
 
+    /// Shows a received text in the order its sender sent it: the next one in line at once
+    /// (with any held texts it unblocks), one that arrives ahead of a gap held back, durably,
+    /// until the gap fills or times out. A late one (its gap was given up on) is shown at once.
+    fn receive_text(
+        &mut self,
+        message: MessageRecord,
+        n: u64,
+        mut ops: Vec<Op>,
+        now_ms: u64,
+    ) -> Result<()> {
+        let phone = message.peer.clone();
+        let mut conv = self
+            .store
+            .conversation(&phone)?
+            .unwrap_or(ConversationRecord {
+                peer: phone.clone(),
+                ..ConversationRecord::default()
+            });
+        let held = self.held.by_conversation.get(&phone).map_or(0, |h| h.len());
+        if n > conv.shown_n + 1 && held < MAX_HELD_PER_CONVERSATION {
+            ops.push(Op::MarkSeen(message.id));
+            ops.push(Op::PutHeld(HeldMessage {
+                n,
+                message: message.clone(),
+            }));
+            self.store.apply_deferred(ops)?;
+            self.held
+                .by_conversation
+                .entry(phone)
+                .or_default()
+                .insert(n, message);
+            return Ok(());
+        }
+        let give_up = n > conv.shown_n + 1;
+        conv.shown_n = conv.shown_n.max(n);
+        self.show_incoming(&mut conv, message, &mut ops, now_ms);
+        ops.push(Op::PutConversation(conv));
+        self.store.apply_deferred(ops)?;
+        self.release_held(&phone, give_up, now_ms)
+    }
+
+    /// Shows the held texts of a conversation that are next in line, or with `all` every one
+    /// of them (their gap was given up on).
+    fn release_held(&mut self, phone: &str, all: bool, now_ms: u64) -> Result<()> {
+        let Some(mut queue) = self.held.by_conversation.remove(phone) else {
+            return Ok(());
+        };
+        let mut conv = self
+            .store
+            .conversation(phone)?
+            .unwrap_or(ConversationRecord {
+                peer: phone.to_string(),
+                ..ConversationRecord::default()
+            });
+        let mut ops = Vec::new();
+        while let Some(entry) = queue.first_entry() {
+            let n = *entry.key();
+            if !all && n > conv.shown_n + 1 {
+                break;
+            }
+            let message = entry.remove();
+            ops.push(Op::RemoveHeld {
+                peer: phone.to_string(),
+                n,
+            });
+            conv.shown_n = conv.shown_n.max(n);
+            self.show_incoming(&mut conv, message, &mut ops, now_ms);
+        }
+        if !queue.is_empty() {
+            self.held.by_conversation.insert(phone.to_string(), queue);
+        }
+        if !ops.is_empty() {
+            ops.push(Op::PutConversation(conv));
+            self.store.apply_deferred(ops)?;
+        }
+        Ok(())
+    }
+
+    /// Appends a received text to its conversation and tells the user.
+    fn show_incoming(
+        &mut self,
+        conv: &mut ConversationRecord,
+        mut m: MessageRecord,
+        ops: &mut Vec<Op>,
+        now_ms: u64,
+    ) {
+        m.seq = conv.next_seq;
+        conv.next_seq += 1;
+        conv.unread = conv.unread.saturating_add(1);
+        conv.last_activity_ms = now_ms;
+        self.event(Event::MessageReceived {
+            from: m.peer.clone(),
+            id: hex(&m.id),
+            text: m.text.clone(),
+            sent_at_ms: m.sent_at_ms,
+        });
+        ops.push(Op::PutMessage(m));
+    }
+
     fn on_response(&mut self, peer: &str, tag: u64, frame: &[u8], now_ms: u64) -> Result<()> {
         let Some((_, what)) = self.pending.remove(&tag) else {
             return Ok(());
         };
-        if let Pending::Envelope { .. } = what {
+        if let Pending::Envelope { id } = what {
+            self.outbox.inflight.remove(&id);
             if let Some(p) = self.peers.get_mut(peer) {
                 p.inflight = p.inflight.saturating_sub(1);
             }
@@ -1194,6 +1421,7 @@ impl Engine {
         };
         match (what, resp) {
             (Pending::Envelope { id }, Response::Ack(acked)) if acked == id => {
+                self.outbox.remove(&id);
                 self.store.apply_deferred(vec![Op::RemoveOutbox(id)])?;
                 self.set_state(&id, DeliveryState::Delivered)?;
                 self.pump_outbox(Some(peer), now_ms)?;
@@ -1228,7 +1456,8 @@ impl Engine {
         let Some((_, what)) = self.pending.remove(&tag) else {
             return Ok(());
         };
-        if let Pending::Envelope { .. } = what {
+        if let Pending::Envelope { id } = what {
+            self.outbox.inflight.remove(&id);
             if let Some(p) = self.peers.get_mut(peer) {
                 p.inflight = p.inflight.saturating_sub(1);
             }
@@ -1241,14 +1470,15 @@ impl Engine {
         let Pending::Envelope { id } = what else {
             return Ok(());
         };
-        let Some(mut e) = self.store.outbox()?.into_iter().find(|e| e.id == id) else {
+        let r = self.rng.next_u64();
+        let Some(e) = self.outbox.get_mut(&id) else {
             return Ok(());
         };
         e.attempts = e.attempts.saturating_add(1);
         let exp = RETRY_BASE_MS.saturating_mul(1u64 << e.attempts.min(16));
         let delay = exp.min(RETRY_MAX_MS);
-        let jitter = self.rng.next_u64() % (delay / 4 + 1);
-        e.next_attempt_ms = now_ms + delay + jitter;
+        e.next_attempt_ms = now_ms + delay + r % (delay / 4 + 1);
+        let e = e.clone();
         self.store.apply_deferred(vec![Op::PutOutbox(e)])?;
         Ok(())
     }

@@ -5,7 +5,9 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use instaconnect_core::book::Book;
-use instaconnect_core::engine::{Command, Engine, Event, Input, Output, MAX_BAD_FRAMES};
+use instaconnect_core::engine::{
+    Command, Engine, Event, Input, Output, GAP_TIMEOUT_MS, MAX_BAD_FRAMES,
+};
 use instaconnect_core::phone::Phone;
 use instaconnect_store::{MemStore, Store};
 use instaconnect_wire::records::{DeliveryState, Direction, MessageRecord};
@@ -319,6 +321,120 @@ fn linked_contacts_chat_both_ways_in_order_with_delivered_states() {
             .unread,
         3
     );
+}
+
+#[test]
+fn texts_overtaking_a_lost_one_are_held_until_it_arrives_then_shown_in_sent_order() {
+    let mut m = Mesh::new(&[ASHA, RAVI]);
+    m.connect(0, 1);
+    m.befriend(0, 1);
+    m.faults
+        .insert((0, 1), VecDeque::from([Fault::DropRequest]));
+    send(&mut m, 0, 1, "one");
+    send(&mut m, 0, 1, "two");
+    send(&mut m, 0, 1, "three");
+    // "two" and "three" are stored (and acked) but wait behind the lost "one".
+    assert_eq!(
+        states(&m.history(0, 1)),
+        vec![
+            DeliveryState::Sent,
+            DeliveryState::Delivered,
+            DeliveryState::Delivered
+        ]
+    );
+    assert!(m.history(1, 0).is_empty());
+    assert!(m.advance(), "the lost text is retried");
+    assert_eq!(texts(&m.history(1, 0)), vec!["one", "two", "three"]);
+    let shown: Vec<&str> = m.nodes[1]
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::MessageReceived { text, .. } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(shown, vec!["one", "two", "three"], "announced in order too");
+}
+
+#[test]
+fn a_gap_that_never_fills_is_given_up_on_and_the_late_text_still_arrives_once() {
+    let mut m = Mesh::new(&[ASHA, RAVI]);
+    m.connect(0, 1);
+    m.befriend(0, 1);
+    // "one" and every retry of it is lost; "two" gets through.
+    let mut faults = VecDeque::from([Fault::DropRequest]);
+    m.faults.insert((0, 1), faults.clone());
+    send(&mut m, 0, 1, "one");
+    send(&mut m, 0, 1, "two");
+    let start = m.now;
+    for round in 0.. {
+        if !m.history(1, 0).is_empty() {
+            break;
+        }
+        faults.push_back(Fault::DropRequest);
+        m.faults.insert((0, 1), faults.clone());
+        assert!(m.advance());
+        assert!(round < 100, "the gap is given up on");
+    }
+    assert!(m.now - start >= GAP_TIMEOUT_MS, "held for the gap timeout");
+    assert_eq!(texts(&m.history(1, 0)), vec!["two"]);
+    m.faults.clear();
+    for round in 0.. {
+        if m.history(0, 1)[0].state == DeliveryState::Delivered {
+            break;
+        }
+        assert!(m.advance());
+        assert!(round < 10, "the late text is retried");
+    }
+    assert_eq!(texts(&m.history(1, 0)), vec!["two", "one"]);
+}
+
+#[test]
+fn restarted_engines_resume_their_outbox_and_held_texts_from_the_store() {
+    let mut m = Mesh::new(&[ASHA, RAVI]);
+    m.connect(0, 1);
+    m.befriend(0, 1);
+    m.faults
+        .insert((0, 1), VecDeque::from([Fault::DropRequest]));
+    send(&mut m, 0, 1, "one");
+    send(&mut m, 0, 1, "two");
+    assert!(m.history(1, 0).is_empty());
+    m.disconnect(0, 1);
+    send(&mut m, 0, 1, "three");
+    for (i, n) in m.nodes.iter_mut().enumerate() {
+        let store = n.engine.store().clone();
+        n.engine = Engine::new(store, [i as u8 + 9; 32]).unwrap();
+    }
+    m.connect(0, 1);
+    assert_eq!(texts(&m.history(1, 0)), vec!["one", "two", "three"]);
+    assert_eq!(states(&m.history(0, 1)), vec![DeliveryState::Delivered; 3]);
+    assert!(m.nodes[1].engine.store().held().unwrap().is_empty());
+}
+
+#[test]
+fn a_text_waiting_for_the_contact_to_accept_sets_no_busy_timer_and_goes_once_linked() {
+    let mut m = Mesh::new(&[ASHA, RAVI]);
+    m.connect(0, 1);
+    m.book(0)
+        .add_contact(&Phone::parse(RAVI.0, None).unwrap(), Some("Ravi"), 2)
+        .unwrap();
+    let ravi = m.id(1);
+    m.command(
+        0,
+        Command::RequestContact {
+            phone: RAVI.0.into(),
+            peer: ravi,
+        },
+    );
+    send(&mut m, 0, 1, "waiting for you");
+    assert_eq!(states(&m.history(0, 1)), vec![DeliveryState::Queued]);
+    // A timer due now that does nothing would spin the node's loop.
+    let now = m.now;
+    assert!(m.nodes[0].engine.poll_timeout().is_none_or(|t| t > now));
+    let asha = m.id(0);
+    m.command(1, Command::AcceptContact { peer: asha });
+    assert_eq!(texts(&m.history(1, 0)), vec!["waiting for you"]);
+    assert_eq!(states(&m.history(0, 1)), vec![DeliveryState::Delivered]);
 }
 
 #[test]

@@ -31,8 +31,11 @@ pub enum DriverError {
     Engine(String),
 }
 
+type CommandResult = Result<Option<String>, String>;
+type CommandReply = oneshot::Sender<CommandResult>;
+
 enum Request {
-    Engine(Command, oneshot::Sender<Result<Option<String>, String>>),
+    Engine(Command, CommandReply),
     Peers(oneshot::Sender<Vec<PeerView>>),
 }
 
@@ -147,7 +150,23 @@ impl Driver {
                 }
                 req = commands.recv() => {
                     let Some(req) = req else { break };
-                    self.request(req).await;
+                    // Commands waiting together share one commit (one flush), and each caller
+                    // hears back only once its command's effects are durable.
+                    let mut replies = Vec::new();
+                    self.request(req, &mut replies);
+                    for _ in 1..MAX_BATCH {
+                        match commands.try_recv() {
+                            Ok(req) => self.request(req, &mut replies),
+                            Err(_) => break,
+                        }
+                    }
+                    let committed = self.engine.commit().map_err(|e| e.to_string());
+                    for (reply, result) in replies {
+                        let _ = reply.send(match &committed {
+                            Ok(()) => result,
+                            Err(e) => Err(e.clone()),
+                        });
+                    }
                 }
                 _ = tokio::time::sleep(sleep) => {
                     self.engine.handle_timeout(now_ms());
@@ -158,19 +177,14 @@ impl Driver {
         self.flush().await;
     }
 
-    async fn request(&mut self, req: Request) {
+    fn request(&mut self, req: Request, replies: &mut Vec<(CommandReply, CommandResult)>) {
         match req {
             Request::Engine(cmd, reply) => {
                 let result = self
                     .engine
                     .command(now_ms(), cmd)
                     .map_err(|e| e.to_string());
-                // The command's effects are durable before the caller hears back.
-                let result = match self.engine.commit() {
-                    Ok(()) => result,
-                    Err(e) => Err(e.to_string()),
-                };
-                let _ = reply.send(result);
+                replies.push((reply, result));
             }
             Request::Peers(reply) => {
                 let _ = reply.send(self.engine.peers());

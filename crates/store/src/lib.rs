@@ -17,7 +17,7 @@ pub use sled_store::SledStore;
 
 use instaconnect_wire::records::{
     AccountRecord, BlockRecord, ContactRecord, ContactRequestRecord, ConversationRecord, GroupId,
-    GroupRecord, MessageRecord, OutboxEntry, Profile, Settings,
+    GroupRecord, HeldMessage, MessageRecord, OutboxEntry, Profile, Settings,
 };
 use instaconnect_wire::{SecretBytes, WireError};
 
@@ -52,6 +52,13 @@ pub enum Op {
     /// Records that an envelope with this id was processed (for payloads that are not
     /// stored messages), so a retry is acknowledged without decrypting again.
     MarkSeen([u8; 16]),
+    /// A received text held back until the texts sent before it arrive (keyed by its
+    /// conversation and sender-order number).
+    PutHeld(HeldMessage),
+    RemoveHeld {
+        peer: String,
+        n: u64,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -116,6 +123,8 @@ pub trait Store: Send + Sync {
     fn replay(&self) -> Result<Option<SecretBytes>>;
     /// Whether an envelope id was marked seen.
     fn seen(&self, id: &[u8; 16]) -> Result<bool>;
+    /// Every held-back text, ordered by conversation and sender-order number.
+    fn held(&self) -> Result<Vec<HeldMessage>>;
 
     /// Applies the batch atomically and durably (flushed before returning).
     fn apply(&self, ops: Vec<Op>) -> Result<()> {

@@ -3,7 +3,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use instaconnect_wire::records::{
     AccountRecord, BlockRecord, ContactRecord, ContactRequestRecord, ConversationRecord, GroupId,
-    GroupRecord, MessageRecord, OutboxEntry, Profile, Settings,
+    GroupRecord, HeldMessage, MessageRecord, OutboxEntry, Profile, Settings,
 };
 use instaconnect_wire::SecretBytes;
 
@@ -25,6 +25,7 @@ struct State {
     requests: BTreeMap<String, ContactRequestRecord>,
     replay: Option<SecretBytes>,
     seen: std::collections::BTreeSet<[u8; 16]>,
+    held: BTreeMap<(String, u64), HeldMessage>,
 }
 
 /// An in-memory [`Store`], for the simulator and tests.
@@ -39,8 +40,8 @@ impl MemStore {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock cannot leave a half-applied batch (batches are applied
-        // to a copy), so a poisoned lock still guards consistent state.
+        // No operation can fail or panic half way through a batch, so a poisoned lock still
+        // guards consistent state.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -127,13 +128,18 @@ impl Store for MemStore {
         Ok(self.lock().seen.contains(id))
     }
 
+    fn held(&self) -> Result<Vec<HeldMessage>> {
+        Ok(self.lock().held.values().cloned().collect())
+    }
+
     fn flush(&self) -> Result<()> {
         Ok(())
     }
 
     fn apply_deferred(&self, ops: Vec<Op>) -> Result<()> {
-        let mut guard = self.lock();
-        let mut next = guard.clone();
+        // Every operation below is infallible, so the batch is applied in place: all of it or,
+        // if the process dies, none of it (memory does not survive).
+        let mut next = self.lock();
         for op in ops {
             match op {
                 Op::PutAccount(a) => next.account = Some(a),
@@ -188,9 +194,14 @@ impl Store for MemStore {
                 Op::MarkSeen(id) => {
                     next.seen.insert(id);
                 }
+                Op::PutHeld(h) => {
+                    next.held.insert((h.message.peer.clone(), h.n), h);
+                }
+                Op::RemoveHeld { peer, n } => {
+                    next.held.remove(&(peer, n));
+                }
             }
         }
-        *guard = next;
         Ok(())
     }
 }

@@ -2,7 +2,7 @@ use std::path::{Path, PathBuf};
 
 use instaconnect_wire::records::{
     AccountRecord, BlockRecord, ContactRecord, ContactRequestRecord, ConversationRecord, GroupId,
-    GroupRecord, MessageRecord, OutboxEntry, Profile, Settings,
+    GroupRecord, HeldMessage, MessageRecord, OutboxEntry, Profile, Settings,
 };
 use instaconnect_wire::{decode, encode, SecretBytes, SCHEMA_VERSION};
 use serde::de::DeserializeOwned;
@@ -27,11 +27,17 @@ const PREFIX_OUTBOX: &[u8] = b"outbox/";
 const PREFIX_SESSION: &[u8] = b"session/";
 const PREFIX_REQUEST: &[u8] = b"creq/";
 const PREFIX_SEEN: &[u8] = b"seen/";
+const PREFIX_HELD: &[u8] = b"held/";
 
 fn message_key(peer: &str, seq: u64) -> Vec<u8> {
-    let mut k = key(PREFIX_MESSAGE, peer.as_bytes());
+    numbered_key(PREFIX_MESSAGE, peer, seq)
+}
+
+/// `prefix` + peer + `/` + big-endian number: sorts by peer, then number.
+fn numbered_key(prefix: &[u8], peer: &str, n: u64) -> Vec<u8> {
+    let mut k = key(prefix, peer.as_bytes());
     k.push(b'/');
-    k.extend_from_slice(&seq.to_be_bytes());
+    k.extend_from_slice(&n.to_be_bytes());
     k
 }
 
@@ -229,6 +235,10 @@ impl Store for SledStore {
         Ok(self.db.contains_key(key(PREFIX_SEEN, id))?)
     }
 
+    fn held(&self) -> Result<Vec<HeldMessage>> {
+        self.scan(PREFIX_HELD)
+    }
+
     fn flush(&self) -> Result<()> {
         self.db.flush()?;
         Ok(())
@@ -273,6 +283,10 @@ impl Store for SledStore {
                 Op::RemoveContactRequest(p) => batch.remove(key(PREFIX_REQUEST, p.as_bytes())),
                 Op::PutReplay(b) => batch.insert(KEY_REPLAY, enc(b)?),
                 Op::MarkSeen(id) => batch.insert(key(PREFIX_SEEN, id), &[][..]),
+                Op::PutHeld(h) => {
+                    batch.insert(numbered_key(PREFIX_HELD, &h.message.peer, h.n), enc(h)?)
+                }
+                Op::RemoveHeld { peer, n } => batch.remove(numbered_key(PREFIX_HELD, peer, *n)),
             }
         }
         self.db.apply_batch(batch)?;

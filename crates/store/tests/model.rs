@@ -116,9 +116,25 @@ fn op() -> impl Strategy<Value = Op> {
                 peer,
                 next_seq,
                 unread,
-                last_activity_ms: 1
+                last_activity_ms: 1,
+                sent_n: next_seq,
+                shown_n: 2,
             }
         )),
+        (phone(), 0u64..4, 0u8..6).prop_map(|(peer, n, id)| Op::PutHeld(HeldMessage {
+            n,
+            message: MessageRecord {
+                id: [id; 16],
+                peer,
+                seq: 0,
+                direction: Direction::Incoming,
+                text: "held".into(),
+                sent_at_ms: 5,
+                stored_at_ms: 6,
+                state: DeliveryState::Delivered,
+            },
+        })),
+        (phone(), 0u64..4).prop_map(|(peer, n)| Op::RemoveHeld { peer, n }),
         (0u8..6, 0u32..3).prop_map(|(id, attempts)| Op::PutOutbox(OutboxEntry {
             id: [id; 16],
             peer_id: "12D3KooWpeer".into(),
@@ -158,6 +174,7 @@ fn snapshot(s: &dyn Store) -> String {
         s.contact_requests().unwrap(),
         s.replay().unwrap(),
     );
+    out.push_str(&format!("\n{:?}", s.held().unwrap()));
     for i in 0u8..6 {
         let p = format!("+9198123456{i:02}");
         out.push_str(&format!("\n{:?}", s.messages(&p, 0).unwrap()));

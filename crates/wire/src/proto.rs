@@ -66,8 +66,9 @@ pub struct ProfileReply {
 /// What a pairwise ratchet message decrypts to.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Payload {
-    /// A text message in the 1:1 conversation.
-    Text { text: String },
+    /// A text message in the 1:1 conversation; `n` numbers the sender's texts to this
+    /// contact 1, 2, 3... so they are shown in the order they were sent.
+    Text { text: String, n: u64 },
     /// The sender read these messages of ours (sent only if their privacy allows receipts).
     Read { ids: Vec<MsgId> },
     /// The sender is online (sent only to those their privacy lets see it).
@@ -154,11 +155,13 @@ impl Payload {
     pub fn decode(bytes: &[u8]) -> Result<Payload, ProtoError> {
         let p: Payload = decode_with_limit(bytes, MAX_FRAME_BYTES)?;
         match &p {
-            Payload::Text { text } if text.len() > MAX_TEXT_BYTES => Err(ProtoError::TooLarge {
-                what: "text",
-                len: text.len(),
-                max: MAX_TEXT_BYTES,
-            }),
+            Payload::Text { text, .. } if text.len() > MAX_TEXT_BYTES => {
+                Err(ProtoError::TooLarge {
+                    what: "text",
+                    len: text.len(),
+                    max: MAX_TEXT_BYTES,
+                })
+            }
             Payload::Read { ids } if ids.len() > MAX_RECEIPT_IDS => Err(ProtoError::TooLarge {
                 what: "receipt",
                 len: ids.len(),
@@ -184,6 +187,7 @@ mod tests {
         assert_eq!(Response::decode(&a.encode().unwrap()).unwrap(), a);
         let p = Payload::Text {
             text: "hello".into(),
+            n: 1,
         };
         assert_eq!(Payload::decode(&p.encode().unwrap()).unwrap(), p);
     }
@@ -207,6 +211,7 @@ mod tests {
         ));
         let p = Payload::Text {
             text: "x".repeat(MAX_TEXT_BYTES + 1),
+            n: 1,
         };
         assert!(matches!(
             Payload::decode(&p.encode().unwrap()),
@@ -223,8 +228,8 @@ mod tests {
         }
 
         #[test]
-        fn text_roundtrips(t in ".{0,200}") {
-            let p = Payload::Text { text: t };
+        fn text_roundtrips(t in ".{0,200}", n in any::<u64>()) {
+            let p = Payload::Text { text: t, n };
             prop_assert_eq!(Payload::decode(&p.encode().unwrap()).unwrap(), p);
         }
     }

@@ -235,6 +235,21 @@ pub struct ConversationRecord {
     pub next_seq: u64,
     pub unread: u32,
     pub last_activity_ms: u64,
+    /// The sender-order number given to our last outgoing text (0: none yet). Numbers start
+    /// at 1 and are contiguous, so the receiver can put texts in the order they were sent.
+    pub sent_n: u64,
+    /// The highest sender-order number of the contact's texts shown in order (0: none).
+    pub shown_n: u64,
+}
+
+/// A received text that arrived ahead of an earlier one: stored durably (and acknowledged)
+/// but shown only once the gap before it is filled, or given up on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldMessage {
+    /// The sender-order number.
+    pub n: u64,
+    /// The message as it will be shown (its `seq` is assigned when it is released).
+    pub message: MessageRecord,
 }
 
 /// An envelope waiting for its end-to-end ack, retried with backoff.
