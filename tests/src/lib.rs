@@ -455,6 +455,11 @@ impl Events {
         }
     }
 
+    /// The next event within `timeout`, or `None`.
+    pub fn next_within(&self, timeout: Duration) -> Option<(String, serde_json::Value)> {
+        self.rx.recv_timeout(timeout).ok()
+    }
+
     /// The next event (`event:` name and `data:` JSON), waiting at most [`NODE_TIMEOUT`].
     pub fn next(&self) -> (String, serde_json::Value) {
         self.rx

@@ -110,12 +110,15 @@ pub const MAX_PENDING_INBOUND: usize = 1024;
 pub const MAX_PENDING_OUTBOUND: usize = 1024;
 /// How long a request may wait for its response (both directions).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// Concurrent request-response streams per connection.
-pub const MAX_CONCURRENT_REQUEST_STREAMS: usize = 32;
+/// Concurrent request-response streams per connection, both directions together. Inbound
+/// streams beyond it are dropped, so it must exceed twice the engine's in-flight window
+/// (`instaconnect_core::engine::MAX_INFLIGHT_PER_PEER`, 64) with room for control requests.
+pub const MAX_CONCURRENT_REQUEST_STREAMS: usize = 160;
 /// Concurrent multiplexed streams per connection (Yamux and QUIC).
-pub const MAX_STREAMS_PER_CONNECTION: usize = 64;
-/// Inbound streams negotiating their protocol at once, per connection.
-pub const MAX_NEGOTIATING_INBOUND_STREAMS: usize = 16;
+pub const MAX_STREAMS_PER_CONNECTION: usize = 256;
+/// Inbound streams negotiating their protocol at once, per connection (a full in-flight
+/// window from the peer arrives at once).
+pub const MAX_NEGOTIATING_INBOUND_STREAMS: usize = 128;
 /// Established connections in total.
 pub const MAX_ESTABLISHED_TOTAL: u32 = 256;
 /// Established connections per peer (TCP and QUIC, and simultaneous dials, need more than one).
