@@ -92,6 +92,17 @@ pub enum Cmd {
         /// Phone number or contact name
         contact: String,
     },
+    /// Mark a conversation read (read receipts go out if your privacy allows)
+    Read {
+        /// Phone number or contact name
+        contact: String,
+    },
+    /// Chat with a contact: type lines to send them; incoming messages and delivery states show
+    /// up live (needs `instaconnect run`; end with Ctrl-D or /quit)
+    Chat {
+        /// Phone number or contact name
+        contact: String,
+    },
     /// Users seen on the network and what their privacy lets you see (needs `instaconnect run`)
     Nearby,
     /// Print an invite (link and QR code) that lets someone add you with your keys
@@ -215,6 +226,11 @@ pub enum ContactsCmd {
     },
     /// List contacts
     List,
+    /// One contact: number, name, linked device and whether it is blocked
+    Show {
+        /// Phone number or contact name
+        contact: String,
+    },
     /// Remove a contact
     Remove {
         /// Phone number or contact name
@@ -359,6 +375,7 @@ impl Cli {
                 ContactsCmd::Safety { .. } => "contacts safety",
                 ContactsCmd::Import { .. } => "contacts import",
                 ContactsCmd::List => "contacts list",
+                ContactsCmd::Show { .. } => "contacts show",
                 ContactsCmd::Remove { .. } => "contacts remove",
             },
             Cmd::Block { .. } => "block",
@@ -382,6 +399,8 @@ impl Cli {
             Cmd::Send { .. } => "send",
             Cmd::Inbox => "inbox",
             Cmd::History { .. } => "history",
+            Cmd::Read { .. } => "read",
+            Cmd::Chat { .. } => "chat",
             Cmd::Nearby => "nearby",
         }
     }
@@ -395,9 +414,13 @@ impl Cli {
                 Cmd::Profile(p) => matches!(p, ProfileCmd::Set(_)),
                 Cmd::Contacts(c) => !matches!(
                     c,
-                    ContactsCmd::List | ContactsCmd::Safety { .. } | ContactsCmd::Requests
+                    ContactsCmd::List
+                        | ContactsCmd::Show { .. }
+                        | ContactsCmd::Safety { .. }
+                        | ContactsCmd::Requests
                 ),
-                Cmd::Send { .. } | Cmd::History { .. } => true,
+                Cmd::Send { .. } | Cmd::History { .. } | Cmd::Read { .. } => true,
+                Cmd::Chat { .. } => false,
                 Cmd::Inbox | Cmd::Nearby => false,
                 Cmd::Block { .. } | Cmd::Unblock { .. } => true,
                 Cmd::Groups(g) => !matches!(g, GroupsCmd::List | GroupsCmd::Show { .. }),
@@ -581,6 +604,10 @@ pub fn execute(cli: Cli, home: &Home, source: Source<'_>, out: &mut Out) -> Resu
         Cmd::Send { contact, text } => crate::messaging::send(&ctx, out, &contact, text.join(" ")),
         Cmd::Inbox => crate::messaging::inbox(&ctx, out),
         Cmd::History { contact } => crate::messaging::history(&ctx, out, &contact),
+        Cmd::Read { contact } => crate::messaging::read(&ctx, out, &contact),
+        Cmd::Chat { .. } => Err(usage(anyhow!(
+            "`chat` is interactive: run it in a terminal (`instaconnect chat CONTACT`)"
+        ))),
         Cmd::Nearby => crate::messaging::nearby(&ctx, out),
         Cmd::Export {
             out: file,
@@ -919,6 +946,39 @@ fn contacts(ctx: &Ctx, out: &mut Out, cmd: ContactsCmd) -> Result<(), Failure> {
             let store = ctx.open()?;
             let summary = Book::new(&*store).import(entries, ctx.region.as_ref(), now_ms())?;
             print_import(ctx, out, &summary)
+        }
+        ContactsCmd::Show { contact } => {
+            let store = ctx.open()?;
+            let book = Book::new(&*store);
+            let c = book.resolve_contact(&contact, ctx.region.as_ref())?;
+            let blocked = instaconnect_store::Store::block(&*store, &c.phone)?.is_some();
+            let linked = c.card.is_some();
+            if ctx.json {
+                out.json(&json!({
+                    "phone": c.phone,
+                    "name": c.name,
+                    "peer_id": c.peer_id,
+                    "linked": linked,
+                    "blocked": blocked,
+                    "added_at_ms": c.added_at_ms,
+                }))?;
+            } else {
+                out.line(format!("phone:   {}", c.phone));
+                out.line(format!("name:    {}", c.name.as_deref().unwrap_or("-")));
+                out.line(format!(
+                    "device:  {}{}",
+                    c.peer_id.as_deref().unwrap_or("-"),
+                    match (c.peer_id.is_some(), linked) {
+                        (_, true) => " (keys exchanged)",
+                        (true, false) => " (waiting for them to accept)",
+                        (false, _) => "",
+                    }
+                ));
+                if blocked {
+                    out.line("blocked");
+                }
+            }
+            Ok(())
         }
         ContactsCmd::List => {
             let store = ctx.open()?;

@@ -77,6 +77,30 @@ impl NodeClient {
         Ok(())
     }
 
+    /// Opens the node's live event stream (`GET /v1/events`, Server-Sent Events): the body,
+    /// to be read line by line; it never ends while the node runs.
+    pub fn event_stream(&self) -> Result<impl std::io::Read + Send + 'static, Failure> {
+        let resp = self
+            .agent
+            .get(format!("{}/v1/events", self.info.url()))
+            .header("Authorization", self.bearer())
+            .call()
+            .map_err(|e| {
+                Failure::Failed(anyhow!(
+                    "cannot follow the node's events (pid {}): {e}",
+                    self.info.pid
+                ))
+            })?;
+        if resp.status().as_u16() != 200 {
+            return Err(Failure::Failed(anyhow!(
+                "the node (pid {}) refused its event stream: HTTP {}",
+                self.info.pid,
+                resp.status().as_u16()
+            )));
+        }
+        Ok(resp.into_body().into_reader())
+    }
+
     /// Runs a command line (without the program name) in the node.
     pub fn command(&self, args: &[String], cwd: Option<&Path>) -> Result<Reply, Failure> {
         let url = self.info.url();

@@ -1,5 +1,6 @@
 //! `instaconnect`: the InstaConnect Mesh command line.
 
+mod chat;
 mod cli;
 mod client;
 mod config;
@@ -80,6 +81,9 @@ fn main_with(cli: cli::Cli, out: &mut output::Out) -> Result<u8, Failure> {
     if let cli::Cmd::Run(args) = cli.cmd {
         daemon::run(&home, args)?;
         return Ok(0);
+    }
+    if let cli::Cmd::Chat { contact } = &cli.cmd {
+        return chat::run(&home, contact);
     }
     // `account create` is never forwarded: it only reads the existing account from a node.
     let is_create = matches!(cli.cmd, cli::Cmd::Account(cli::AccountCmd::Create { .. }));

@@ -222,6 +222,27 @@ pub fn history(ctx: &Ctx<'_>, out: &mut Out, contact: &str) -> Result<(), Failur
     Ok(())
 }
 
+pub fn read(ctx: &Ctx<'_>, out: &mut Out, contact: &str) -> Result<(), Failure> {
+    let store = ctx.open()?;
+    let c = Book::new(&*store).resolve_contact(contact, ctx.region.as_ref())?;
+    let unread = store.conversation(&c.phone)?.map_or(0, |v| v.unread);
+    if unread > 0 {
+        engine_command(
+            ctx,
+            &store,
+            Command::MarkRead {
+                contact: c.phone.clone(),
+            },
+        )?;
+    }
+    if ctx.json {
+        out.json(&json!({"contact": c.phone, "marked_read": unread}))?;
+    } else {
+        out.line(format!("{unread} message(s) from {} marked read", c.phone));
+    }
+    Ok(())
+}
+
 pub fn requests(ctx: &Ctx<'_>, out: &mut Out) -> Result<(), Failure> {
     let store = ctx.open()?;
     Book::new(&*store).account()?;

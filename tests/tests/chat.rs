@@ -128,3 +128,94 @@ fn a_message_sent_while_the_node_is_down_is_queued_then_delivered() {
     let got = ravi_events.wait("message_received", |_| true);
     assert_eq!(got["text"], "written offline");
 }
+
+/// Lines a child process prints, read on a thread.
+fn lines_of(out: std::process::ChildStdout) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Waits for a line containing `needle`; returns it.
+fn wait_for(lines: &std::sync::mpsc::Receiver<String>, needle: &str) -> String {
+    loop {
+        match lines.recv_timeout(std::time::Duration::from_secs(30)) {
+            Ok(l) if l.contains(needle) => return l,
+            Ok(_) => {}
+            Err(e) => panic!("the chat never printed {needle:?}: {e}"),
+        }
+    }
+}
+
+#[test]
+fn interactive_chat_sends_typed_lines_and_shows_incoming_and_states_live() {
+    use std::io::Write;
+    use std::process::Stdio;
+
+    let asha = account("+919812345678", "Asha");
+    let ravi = account("+919812340001", "Ravi");
+    asha.ok(&["contacts", "add", "+919812340001", "--name", "Ravi"]);
+    // Without the node, chat says what it needs and changes nothing.
+    let (code, err) = asha.fail(&["chat", "Ravi"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("instaconnect run"), "{err}");
+
+    let mut ravi_node = ravi.start_node();
+    let ravi_addr = ravi_node.wait_line("listening on ");
+    let ravi_events = ravi_node.events();
+    let asha_node = asha.start_node_with(&["--peer", &ravi_addr]);
+    let asha_events = asha_node.events();
+    asha.ok(&[
+        "contacts",
+        "add",
+        "+919812340001",
+        "--peer",
+        &ravi_node.peer_id,
+    ]);
+    ravi_events.wait("contact_request", |_| true);
+    ravi.ok(&["contacts", "accept", "+919812345678"]);
+    asha_events.wait("contact_accepted", |_| true);
+    ravi.ok(&["send", "Asha", "before the chat"]);
+    asha_events.wait("message_received", |d| d["text"] == "before the chat");
+
+    let mut chat = asha
+        .cmd()
+        .args(["chat", "Ravi"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the chat");
+    let lines = lines_of(chat.stdout.take().expect("stdout"));
+    wait_for(&lines, "chat with Ravi (+919812340001)");
+    // The backlog is shown.
+    wait_for(&lines, "Ravi: before the chat");
+
+    // Incoming while the chat is open shows up live, and is read at once.
+    let sent = ravi.json(&["send", "Asha", "live one"]);
+    wait_for(&lines, "Ravi: live one");
+    ravi_events.wait("state_changed", |d| {
+        d["id"] == sent["id"] && d["state"] == "Read"
+    });
+
+    // A typed line is sent; its delivery shows up.
+    let mut stdin = chat.stdin.take().expect("stdin");
+    writeln!(stdin, "typed in the chat").expect("type");
+    wait_for(&lines, "me: typed in the chat");
+    let got = ravi_events.wait("message_received", |_| true);
+    assert_eq!(got["text"], "typed in the chat");
+    wait_for(&lines, "[delivered] \"typed in the chat\"");
+
+    // End of input ends the chat cleanly.
+    drop(stdin);
+    let status = chat.wait().expect("the chat exits");
+    assert!(status.success(), "{status:?}");
+}
