@@ -511,11 +511,7 @@ impl Engine {
     }
 
     fn contact_by_peer(&self, peer: &str) -> Option<ContactRecord> {
-        self.store
-            .contacts()
-            .ok()?
-            .into_iter()
-            .find(|c| c.peer_id.as_deref() == Some(peer))
+        self.store.contact_by_peer(peer).ok().flatten()
     }
 
     fn is_blocked(&self, phone: &str) -> bool {

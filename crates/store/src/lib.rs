@@ -103,6 +103,8 @@ pub trait Store: Send + Sync {
     fn contact(&self, phone: &str) -> Result<Option<ContactRecord>>;
     /// All contacts, ordered by phone number.
     fn contacts(&self) -> Result<Vec<ContactRecord>>;
+    /// The contact linked to this device (the lowest number if several are), by an index.
+    fn contact_by_peer(&self, peer_id: &str) -> Result<Option<ContactRecord>>;
     fn block(&self, phone: &str) -> Result<Option<BlockRecord>>;
     /// All blocks, ordered by phone number.
     fn blocks(&self) -> Result<Vec<BlockRecord>>;

@@ -26,6 +26,8 @@ struct State {
     replay: Option<SecretBytes>,
     seen: std::collections::BTreeSet<[u8; 16]>,
     held: BTreeMap<(String, u64), HeldMessage>,
+    /// (peer id, phone) of every contact linked to a device.
+    contact_peers: std::collections::BTreeSet<(String, String)>,
 }
 
 /// An in-memory [`Store`], for the simulator and tests.
@@ -65,6 +67,17 @@ impl Store for MemStore {
 
     fn contacts(&self) -> Result<Vec<ContactRecord>> {
         Ok(self.lock().contacts.values().cloned().collect())
+    }
+
+    fn contact_by_peer(&self, peer_id: &str) -> Result<Option<ContactRecord>> {
+        let s = self.lock();
+        let phone = s
+            .contact_peers
+            .range((peer_id.to_string(), String::new())..)
+            .next()
+            .filter(|(p, _)| p == peer_id)
+            .map(|(_, phone)| phone.clone());
+        Ok(phone.and_then(|p| s.contacts.get(&p).cloned()))
     }
 
     fn block(&self, phone: &str) -> Result<Option<BlockRecord>> {
@@ -146,10 +159,22 @@ impl Store for MemStore {
                 Op::PutProfile(p) => next.profile = Some(p),
                 Op::PutSettings(s) => next.settings = Some(s),
                 Op::PutContact(c) => {
-                    next.contacts.insert(c.phone.clone(), c);
+                    if let Some(peer) = c.peer_id.clone() {
+                        next.contact_peers.insert((peer, c.phone.clone()));
+                    }
+                    if let Some(old) = next.contacts.insert(c.phone.clone(), c) {
+                        let new_peer = next.contacts[&old.phone].peer_id.clone();
+                        if let Some(peer) = old.peer_id.filter(|p| Some(p) != new_peer.as_ref()) {
+                            next.contact_peers.remove(&(peer, old.phone));
+                        }
+                    }
                 }
                 Op::RemoveContact(p) => {
-                    next.contacts.remove(&p);
+                    if let Some(old) = next.contacts.remove(&p) {
+                        if let Some(peer) = old.peer_id {
+                            next.contact_peers.remove(&(peer, old.phone));
+                        }
+                    }
                 }
                 Op::PutBlock(b) => {
                     next.blocks.insert(b.phone.clone(), b);

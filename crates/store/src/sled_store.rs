@@ -28,6 +28,15 @@ const PREFIX_SESSION: &[u8] = b"session/";
 const PREFIX_REQUEST: &[u8] = b"creq/";
 const PREFIX_SEEN: &[u8] = b"seen/";
 const PREFIX_HELD: &[u8] = b"held/";
+/// `cpeer/<peer id>/<phone>` -> empty: which contacts are linked to a device.
+const PREFIX_CONTACT_PEER: &[u8] = b"cpeer/";
+
+fn contact_peer_key(peer: &str, phone: &str) -> Vec<u8> {
+    let mut k = key(PREFIX_CONTACT_PEER, peer.as_bytes());
+    k.push(b'/');
+    k.extend_from_slice(phone.as_bytes());
+    k
+}
 
 fn message_key(peer: &str, seq: u64) -> Vec<u8> {
     numbered_key(PREFIX_MESSAGE, peer, seq)
@@ -82,7 +91,10 @@ impl SledStore {
                         supported: SCHEMA_VERSION,
                     });
                 }
-                // Migrations from older schema versions go here, each a batch, in order.
+                // Migrations from older schema versions, each one batch, in order.
+                if found < 2 {
+                    migrate_v1_to_v2(&db)?;
+                }
             }
             None => {
                 if !db.is_empty() {
@@ -169,6 +181,19 @@ impl Store for SledStore {
         self.scan(PREFIX_CONTACT)
     }
 
+    fn contact_by_peer(&self, peer_id: &str) -> Result<Option<ContactRecord>> {
+        let mut prefix = key(PREFIX_CONTACT_PEER, peer_id.as_bytes());
+        prefix.push(b'/');
+        for kv in self.db.scan_prefix(&prefix) {
+            let (k, _) = kv?;
+            let phone = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+            if let Some(c) = self.contact(&phone)? {
+                return Ok(Some(c));
+            }
+        }
+        Ok(None)
+    }
+
     fn block(&self, phone: &str) -> Result<Option<BlockRecord>> {
         self.get(&key(PREFIX_BLOCK, phone.as_bytes()))
     }
@@ -246,6 +271,34 @@ impl Store for SledStore {
 
     fn apply_deferred(&self, ops: Vec<Op>) -> Result<()> {
         let mut batch = sled::Batch::default();
+        // Contacts as the batch leaves them (phone -> record or removed), to keep the peer
+        // index right when a batch touches a contact twice.
+        let mut contacts: std::collections::BTreeMap<&str, Option<&ContactRecord>> =
+            std::collections::BTreeMap::new();
+        for op in &ops {
+            match op {
+                Op::PutContact(c) => {
+                    contacts.insert(&c.phone, Some(c));
+                }
+                Op::RemoveContact(p) => {
+                    contacts.insert(p, None);
+                }
+                _ => {}
+            }
+        }
+        for (phone, new) in &contacts {
+            let old: Option<ContactRecord> = self.get(&key(PREFIX_CONTACT, phone.as_bytes()))?;
+            let old_peer = old.and_then(|c| c.peer_id);
+            let new_peer = new.and_then(|c| c.peer_id.clone());
+            if old_peer != new_peer {
+                if let Some(p) = old_peer {
+                    batch.remove(contact_peer_key(&p, phone));
+                }
+                if let Some(p) = new_peer {
+                    batch.insert(contact_peer_key(&p, phone), &[][..]);
+                }
+            }
+        }
         for op in &ops {
             match op {
                 Op::PutAccount(a) => batch.insert(KEY_ACCOUNT, enc(a)?),
@@ -292,4 +345,54 @@ impl Store for SledStore {
         self.db.apply_batch(batch)?;
         Ok(())
     }
+}
+
+/// Schema 1 to 2: conversations gained the sender-order counters (`sent_n`, `shown_n`, both
+/// 0); texts sealed under schema 1 (without a sender number) are unsealed so they are sealed
+/// again in the new format; the contact peer index is built.
+fn migrate_v1_to_v2(db: &sled::Db) -> Result<()> {
+    #[derive(serde::Deserialize)]
+    struct ConversationV1 {
+        peer: String,
+        next_seq: u64,
+        unread: u32,
+        last_activity_ms: u64,
+    }
+    let corrupt = |k: &[u8], source| StoreError::Corrupt {
+        key: String::from_utf8_lossy(k).into_owned(),
+        source,
+    };
+    let mut batch = sled::Batch::default();
+    for kv in db.scan_prefix(PREFIX_CONVERSATION) {
+        let (k, v) = kv?;
+        let old: ConversationV1 = decode(&v).map_err(|e| corrupt(&k, e))?;
+        let new = ConversationRecord {
+            peer: old.peer,
+            next_seq: old.next_seq,
+            unread: old.unread,
+            last_activity_ms: old.last_activity_ms,
+            sent_n: 0,
+            shown_n: 0,
+        };
+        batch.insert(k, enc(&new)?);
+    }
+    for kv in db.scan_prefix(PREFIX_OUTBOX) {
+        let (k, v) = kv?;
+        let mut e: OutboxEntry = decode(&v).map_err(|e| corrupt(&k, e))?;
+        if !e.envelope.is_empty() && db.contains_key(key(PREFIX_MESSAGE_ID, &e.id))? {
+            e.envelope.clear();
+            batch.insert(k, enc(&e)?);
+        }
+    }
+    for kv in db.scan_prefix(PREFIX_CONTACT) {
+        let (k, v) = kv?;
+        let c: ContactRecord = decode(&v).map_err(|e| corrupt(&k, e))?;
+        if let Some(p) = &c.peer_id {
+            batch.insert(contact_peer_key(p, &c.phone), &[][..]);
+        }
+    }
+    batch.insert(KEY_SCHEMA, encode(&2u32).map_err(StoreError::Encode)?);
+    db.apply_batch(batch)?;
+    db.flush()?;
+    Ok(())
 }

@@ -49,25 +49,31 @@ fn op() -> impl Strategy<Value = Op> {
                 }
             })
         ),
-        (phone(), proptest::option::of("[a-z]{1,8}"), any::<u64>()).prop_map(|(phone, name, t)| {
-            Op::PutContact(ContactRecord {
-                phone,
-                name,
-                peer_id: None,
-                identity_key: if t % 2 == 0 {
-                    Some([t as u8; 32])
-                } else {
-                    None
-                },
-                card: if t % 3 == 0 {
-                    Some(vec![1, 2, 3])
-                } else {
-                    None
-                },
-                added_at_ms: t,
-                updated_at_ms: t,
-            })
-        }),
+        (
+            phone(),
+            proptest::option::of("[a-z]{1,8}"),
+            any::<u64>(),
+            proptest::option::of("[ab]")
+        )
+            .prop_map(|(phone, name, t, peer_id)| {
+                Op::PutContact(ContactRecord {
+                    phone,
+                    name,
+                    peer_id,
+                    identity_key: if t % 2 == 0 {
+                        Some([t as u8; 32])
+                    } else {
+                        None
+                    },
+                    card: if t % 3 == 0 {
+                        Some(vec![1, 2, 3])
+                    } else {
+                        None
+                    },
+                    added_at_ms: t,
+                    updated_at_ms: t,
+                })
+            }),
         phone().prop_map(Op::RemoveContact),
         (phone(), any::<u64>())
             .prop_map(|(phone, since_ms)| Op::PutBlock(BlockRecord { phone, since_ms })),
@@ -184,6 +190,7 @@ fn snapshot(s: &dyn Store) -> String {
     }
     for p in ["a", "b"] {
         out.push_str(&format!("\n{:?}", s.session(p).unwrap()));
+        out.push_str(&format!("\n{:?}", s.contact_by_peer(p).unwrap()));
     }
     out
 }
@@ -286,4 +293,41 @@ fn schema_version_is_recorded_on_create() {
         s.schema_version().unwrap(),
         instaconnect_wire::SCHEMA_VERSION
     );
+}
+
+#[test]
+fn a_schema_1_database_is_migrated_without_losing_conversations() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        // Written as schema 1 did: conversations without the sender-order counters.
+        let db = sled::open(dir.path()).unwrap();
+        db.insert(b"meta/schema", instaconnect_wire::encode(&1u32).unwrap())
+            .unwrap();
+        let conv = ("+919812340001".to_string(), 7u64, 2u32, 99u64);
+        db.insert(
+            b"conv/+919812340001",
+            instaconnect_wire::encode(&conv).unwrap(),
+        )
+        .unwrap();
+        let contact = ContactRecord {
+            peer_id: Some("12D3KooWpeer".into()),
+            ..ContactRecord::new("+919812340001", 1)
+        };
+        db.insert(
+            b"contact/+919812340001",
+            instaconnect_wire::encode(&contact).unwrap(),
+        )
+        .unwrap();
+        db.flush().unwrap();
+    }
+    let s = SledStore::open(dir.path()).unwrap();
+    assert_eq!(
+        s.schema_version().unwrap(),
+        instaconnect_wire::SCHEMA_VERSION
+    );
+    let c = s.conversation("+919812340001").unwrap().unwrap();
+    assert_eq!((c.next_seq, c.unread, c.last_activity_ms), (7, 2, 99));
+    assert_eq!((c.sent_n, c.shown_n), (0, 0));
+    let linked = s.contact_by_peer("12D3KooWpeer").unwrap().unwrap();
+    assert_eq!(linked.phone, "+919812340001");
 }
