@@ -366,12 +366,12 @@ pub fn nearby(ctx: &Ctx<'_>, out: &mut Out) -> Result<(), Failure> {
                     if p.online {
                         "online".into()
                     } else {
-                        time(p.last_seen_ms)
+                        p.last_online_ms.map(time).unwrap_or_else(|| "-".into())
                     },
                 ]
             })
             .collect();
-        out.table(&["PEER", "NAME", "PHONE", "CONTACT", "SEEN"], &rows);
+        out.table(&["PEER", "NAME", "PHONE", "CONTACT", "LAST SEEN"], &rows);
     }
     Ok(())
 }

@@ -224,6 +224,12 @@ pub struct PeerView {
     pub connected: bool,
     /// Online as the peer's presence (and privacy) tells us.
     pub online: bool,
+    /// When the peer was last online as its presence told us; `None` if its privacy never
+    /// showed us. This is the "last seen" users are shown.
+    pub last_online_ms: Option<u64>,
+    /// When we last heard from the device at all (for ordering and eviction; not shown, since
+    /// the peer's privacy settings do not govern it).
+    #[serde(skip)]
     pub last_seen_ms: u64,
     pub profile: Option<ProfileView>,
     /// Our contact linked to this device, if any.
@@ -995,6 +1001,7 @@ impl Engine {
                     p.view.last_seen_ms = p.view.last_seen_ms.max(now_ms);
                     if p.view.online {
                         p.view.online = false;
+                        p.view.last_online_ms = Some(now_ms);
                         self.event(Event::Presence {
                             peer: peer.clone(),
                             online: false,
@@ -1265,6 +1272,9 @@ impl Engine {
                 ops.push(Op::MarkSeen(id));
                 self.store.apply_deferred(ops)?;
                 let p = self.peer_mut(peer, now_ms);
+                if online || p.view.online {
+                    p.view.last_online_ms = Some(now_ms);
+                }
                 if p.view.online != online {
                     p.view.online = online;
                     self.event(Event::Presence {

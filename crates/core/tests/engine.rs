@@ -537,6 +537,17 @@ fn presence_is_shown_only_as_privacy_allows() {
     assert!(peers
         .iter()
         .any(|p| p.peer == meera && !p.online && p.connected));
+    // "Last seen" comes only from presence: Ravi's is kept after he leaves, Meera has none.
+    let at = m.now;
+    m.disconnect(0, 1);
+    m.disconnect(0, 2);
+    let peers = m.nodes[0].engine.peers();
+    assert!(peers
+        .iter()
+        .any(|p| p.peer == ravi && !p.online && p.last_online_ms == Some(at)));
+    assert!(peers
+        .iter()
+        .any(|p| p.peer == meera && p.last_online_ms.is_none()));
 }
 
 #[test]
