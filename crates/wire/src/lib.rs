@@ -7,6 +7,7 @@
 //! pre-allocates more than the input could hold.
 
 pub mod codec;
+pub mod mailbox;
 pub mod proto;
 pub mod records;
 mod secret;

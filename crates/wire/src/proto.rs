@@ -100,18 +100,19 @@ struct Versioned<'a, T> {
     body: &'a T,
 }
 
-fn encode_versioned<T: Serialize>(body: &T) -> Result<Vec<u8>, WireError> {
+pub(crate) fn encode_versioned<T: Serialize>(body: &T) -> Result<Vec<u8>, WireError> {
     encode(&Versioned {
         version: PROTOCOL_VERSION,
         body,
     })
 }
 
-fn split_version(bytes: &[u8]) -> Result<&[u8], ProtoError> {
-    if bytes.len() > MAX_FRAME_BYTES {
+/// Checks the frame's size against `limit` and its version; returns the body.
+pub(crate) fn split_version(bytes: &[u8], limit: usize) -> Result<&[u8], ProtoError> {
+    if bytes.len() > limit {
         return Err(WireError::TooLarge {
             len: bytes.len(),
-            limit: MAX_FRAME_BYTES,
+            limit,
         }
         .into());
     }
@@ -132,7 +133,10 @@ impl Request {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Request, ProtoError> {
-        Ok(decode_with_limit(split_version(bytes)?, MAX_FRAME_BYTES)?)
+        Ok(decode_with_limit(
+            split_version(bytes, MAX_FRAME_BYTES)?,
+            MAX_FRAME_BYTES,
+        )?)
     }
 }
 
@@ -142,7 +146,10 @@ impl Response {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Response, ProtoError> {
-        Ok(decode_with_limit(split_version(bytes)?, MAX_FRAME_BYTES)?)
+        Ok(decode_with_limit(
+            split_version(bytes, MAX_FRAME_BYTES)?,
+            MAX_FRAME_BYTES,
+        )?)
     }
 }
 
