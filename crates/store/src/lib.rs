@@ -10,9 +10,11 @@
 //! (for the simulator and tests). A property test drives both with the same random operations.
 
 mod mem;
+pub mod relay;
 mod sled_store;
 
 pub use mem::MemStore;
+pub use relay::{MemRelayStore, RelayOp, RelayStore, SledRelayStore};
 pub use sled_store::SledStore;
 
 use instaconnect_wire::records::{

@@ -50,6 +50,21 @@ fn numbered_key(prefix: &[u8], peer: &str, n: u64) -> Vec<u8> {
     k
 }
 
+/// A database another process holds is `Locked`, not an IO error.
+pub(crate) fn open_error(e: sled::Error, path: &str) -> StoreError {
+    match e {
+        sled::Error::Io(ref io) if io.kind() == std::io::ErrorKind::WouldBlock => {
+            StoreError::Locked {
+                path: path.to_string(),
+            }
+        }
+        sled::Error::Io(ref io) if io.to_string().contains("lock") => StoreError::Locked {
+            path: path.to_string(),
+        },
+        other => StoreError::Sled(other),
+    }
+}
+
 /// The on-disk [`Store`], a sled database in one directory. Clones share the same database.
 #[derive(Clone)]
 pub struct SledStore {
@@ -69,15 +84,10 @@ impl SledStore {
     /// without writing anything.
     pub fn open(dir: &Path) -> Result<SledStore> {
         let path = dir.display().to_string();
-        let db = sled::Config::new().path(dir).open().map_err(|e| match e {
-            sled::Error::Io(ref io) if io.kind() == std::io::ErrorKind::WouldBlock => {
-                StoreError::Locked { path: path.clone() }
-            }
-            sled::Error::Io(ref io) if io.to_string().contains("lock") => {
-                StoreError::Locked { path: path.clone() }
-            }
-            other => StoreError::Sled(other),
-        })?;
+        let db = sled::Config::new()
+            .path(dir)
+            .open()
+            .map_err(|e| open_error(e, &path))?;
         match db.get(KEY_SCHEMA)? {
             Some(v) => {
                 let found: u32 = decode(&v).map_err(|source| StoreError::Corrupt {

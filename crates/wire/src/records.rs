@@ -271,3 +271,33 @@ pub struct ContactRequestRecord {
     pub card: Vec<u8>,
     pub received_at_ms: u64,
 }
+
+/// A mailbox a relay keeps (relay database). Holds no name, number or peer id: its id is a
+/// public key made for this mailbox alone.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct MailboxRecord {
+    pub created_at_ms: u64,
+    /// The sequence number the next deposit gets (starts at 1).
+    pub next_seq: u64,
+    /// Envelopes held and their total size in bytes.
+    pub count: u64,
+    pub bytes: u64,
+}
+
+/// A sealed envelope a relay holds: opaque bytes, when they came, and the hash that lets the
+/// depositor purge them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayEnvelope {
+    pub deposited_at_ms: u64,
+    pub deletion_hash: [u8; 32],
+    #[serde(with = "serde_bytes_compat")]
+    pub envelope: Vec<u8>,
+}
+
+/// What a relay holds in all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct RelayTotals {
+    pub mailboxes: u64,
+    pub envelopes: u64,
+    pub bytes: u64,
+}

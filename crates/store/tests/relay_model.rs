@@ -1,0 +1,87 @@
+//! The relay database on disk behaves exactly like its in-memory model under random batches,
+//! including its deletion-hash and expiry indexes, and keeps acknowledged writes across reopen.
+
+use instaconnect_store::relay::MailboxId;
+use instaconnect_store::{MemRelayStore, RelayOp, RelayStore, SledRelayStore};
+use instaconnect_wire::records::{MailboxRecord, RelayEnvelope, RelayTotals};
+use proptest::prelude::*;
+
+fn mailbox() -> impl Strategy<Value = MailboxId> {
+    (0u8..3).prop_map(|i| [i; 32])
+}
+
+fn op() -> impl Strategy<Value = RelayOp> {
+    prop_oneof![
+        (mailbox(), 0u64..5).prop_map(|(m, n)| RelayOp::PutMailbox(
+            m,
+            MailboxRecord {
+                created_at_ms: 1,
+                next_seq: n,
+                count: n,
+                bytes: n * 10,
+            }
+        )),
+        mailbox().prop_map(RelayOp::RemoveMailbox),
+        (mailbox(), 0u64..6, 0u8..3, 0u64..4, 0usize..40).prop_map(|(m, seq, h, at, len)| {
+            RelayOp::PutEnvelope {
+                mailbox: m,
+                seq,
+                envelope: RelayEnvelope {
+                    deposited_at_ms: at * 100,
+                    deletion_hash: [h; 32],
+                    envelope: vec![h; len],
+                },
+            }
+        }),
+        (mailbox(), 0u64..6).prop_map(|(m, seq)| RelayOp::RemoveEnvelope { mailbox: m, seq }),
+        (0u64..9).prop_map(|n| RelayOp::PutTotals(RelayTotals {
+            mailboxes: n,
+            envelopes: n,
+            bytes: n
+        })),
+    ]
+}
+
+fn snapshot(s: &dyn RelayStore) -> String {
+    let mut out = format!("{:?}", s.totals().unwrap());
+    for i in 0u8..3 {
+        let m = [i; 32];
+        out.push_str(&format!("\n{:?}", s.mailbox(&m).unwrap()));
+        out.push_str(&format!("\n{:?}", s.envelopes(&m, 0, 100).unwrap()));
+        out.push_str(&format!("\n{:?}", s.envelopes(&m, 2, 2).unwrap()));
+        out.push_str(&format!("\n{:?}", s.by_deletion_hash(&[i; 32]).unwrap()));
+    }
+    for at in [0, 150, 1_000] {
+        out.push_str(&format!("\n{:?}", s.deposited_before(at, 100).unwrap()));
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+    #[test]
+    fn sled_relay_store_matches_model(batches in proptest::collection::vec(proptest::collection::vec(op(), 0..6), 1..10)) {
+        let dir = tempfile::tempdir().unwrap();
+        let model = MemRelayStore::new();
+        {
+            let sled = SledRelayStore::open(dir.path()).unwrap();
+            for batch in &batches {
+                sled.apply(batch.clone()).unwrap();
+                model.apply(batch.clone()).unwrap();
+                prop_assert_eq!(snapshot(&sled), snapshot(&model));
+            }
+        }
+        let reopened = SledRelayStore::open(dir.path()).unwrap();
+        prop_assert_eq!(snapshot(&reopened), snapshot(&model));
+    }
+}
+
+#[test]
+fn a_device_database_is_not_taken_for_a_relay_database() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let _device = instaconnect_store::SledStore::open(dir.path()).unwrap();
+    }
+    let err = SledRelayStore::open(dir.path()).err().expect("refused");
+    assert!(err.to_string().contains("no schema version"), "{err}");
+}
