@@ -22,6 +22,7 @@ mod envelope;
 mod error;
 mod group;
 mod identity;
+mod mailbox;
 mod pickle;
 mod replay;
 mod session;
@@ -46,6 +47,9 @@ pub use group::{
 pub use identity::{
     safety_number, Device, Identity, IdentityKey, SafetyNumber, Sig64, SignedDeviceKeys,
     DEVICE_KEYS_CONTEXT, FINGERPRINT_GROUPS, FINGERPRINT_ITERATIONS, FINGERPRINT_VERSION,
+};
+pub use mailbox::{
+    deletion_hash, envelope_hash, sign_receipt, verify_owner, verify_receipt, MailboxKey,
 };
 pub use pickle::{pickle_key, PICKLE_KEY_CONTEXT};
 pub use replay::{ReplayGuard, REPLAY_GUARD_CAPACITY, REPLAY_WINDOW_MS};

@@ -50,7 +50,8 @@ pub struct OwnerAuth {
 pub enum MailboxRequest {
     /// Open a mailbox (idempotent).
     Create { mailbox: MailboxId, auth: OwnerAuth },
-    /// Leave a sealed envelope; `deletion_hash` is BLAKE2s-256 of a secret the depositor keeps.
+    /// Leave a sealed envelope; `deletion_hash` is a BLAKE3 hash of a secret the depositor keeps
+    /// (`instaconnect_crypto::deletion_hash`).
     Deposit {
         mailbox: MailboxId,
         #[serde(with = "crate::secret::serde_bytes_compat")]
@@ -98,7 +99,8 @@ pub enum Receipted {
     Created {
         mailbox: MailboxId,
     },
-    /// Stored durably under `seq`; `envelope_hash` is BLAKE2s-256 of the envelope.
+    /// Stored durably under `seq`; `envelope_hash` is the envelope's BLAKE3 hash
+    /// (`instaconnect_crypto::envelope_hash`).
     Deposited {
         mailbox: MailboxId,
         seq: u64,

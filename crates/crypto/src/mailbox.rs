@@ -1,0 +1,195 @@
+//! The cryptography of relay mailboxes: owner keys and their request signatures, deletion
+//! secrets and their hashes, and the receipts a relay signs. Bytes are defined in
+//! `instaconnect_wire::mailbox`; this module signs and checks them.
+
+use instaconnect_wire::mailbox::{MailboxId, OwnerAuth, OwnerOp, Receipt, Receipted};
+
+use crate::identity::{Identity, IdentityKey};
+use crate::CryptoError;
+
+const DELETION_CONTEXT: &str = "instaconnect 2026 mailbox deletion secret v1";
+const ENVELOPE_CONTEXT: &str = "instaconnect 2026 mailbox envelope hash v1";
+
+/// The hash a depositor sends with an envelope; revealing `secret` later purges it.
+pub fn deletion_hash(secret: &[u8; 32]) -> [u8; 32] {
+    blake3::derive_key(DELETION_CONTEXT, secret)
+}
+
+/// The hash of a sealed envelope, as receipts name it.
+pub fn envelope_hash(envelope: &[u8]) -> [u8; 32] {
+    blake3::derive_key(ENVELOPE_CONTEXT, envelope)
+}
+
+/// A mailbox's owner key: the mailbox id is its public half.
+pub struct MailboxKey(Identity);
+
+impl MailboxKey {
+    /// A fresh key (OS randomness; it is key material, not a protocol choice).
+    pub fn generate() -> MailboxKey {
+        MailboxKey(Identity::generate())
+    }
+
+    /// Restores a key kept with [`MailboxKey::secret_bytes`].
+    pub fn from_secret_bytes(b: &[u8]) -> Result<MailboxKey, CryptoError> {
+        Identity::from_secret_bytes(b).map(MailboxKey)
+    }
+
+    /// The secret, to keep in the device's store.
+    pub fn secret_bytes(&self) -> zeroize::Zeroizing<Vec<u8>> {
+        self.0.secret_bytes()
+    }
+
+    /// The mailbox id: the public key.
+    pub fn id(&self) -> MailboxId {
+        self.0.public().to_bytes()
+    }
+
+    /// Signs `op` on this mailbox at `timestamp_ms` with a fresh `nonce`.
+    pub fn authorize(
+        &self,
+        op: OwnerOp<'_>,
+        timestamp_ms: u64,
+        nonce: [u8; 16],
+    ) -> Result<OwnerAuth, CryptoError> {
+        let bytes = op
+            .signed_bytes(&self.id(), timestamp_ms, &nonce)
+            .map_err(|_| CryptoError::Encoding("mailbox request"))?;
+        Ok(OwnerAuth {
+            timestamp_ms,
+            nonce,
+            signature: self.0.sign(&bytes),
+        })
+    }
+}
+
+/// Checks that the owner of `mailbox` signed `op` with `auth` (freshness is the relay's check).
+pub fn verify_owner(
+    mailbox: &MailboxId,
+    op: OwnerOp<'_>,
+    auth: &OwnerAuth,
+) -> Result<(), CryptoError> {
+    let key = IdentityKey::from_bytes(mailbox)?;
+    let bytes = op
+        .signed_bytes(mailbox, auth.timestamp_ms, &auth.nonce)
+        .map_err(|_| CryptoError::Encoding("mailbox request"))?;
+    key.verify(&bytes, &auth.signature)
+        .map_err(|_| CryptoError::BadSignature("mailbox request"))
+}
+
+/// A receipt signed by the relay's identity.
+pub fn sign_receipt(relay: &Identity, at_ms: u64, what: Receipted) -> Result<Receipt, CryptoError> {
+    let key = relay.public().to_bytes();
+    let bytes =
+        Receipt::signed_bytes(&key, at_ms, &what).map_err(|_| CryptoError::Encoding("receipt"))?;
+    Ok(Receipt {
+        relay: key,
+        at_ms,
+        what,
+        signature: relay.sign(&bytes),
+    })
+}
+
+/// Checks a receipt's signature, and that it comes from `relay` when one is expected.
+pub fn verify_receipt(receipt: &Receipt, relay: Option<&IdentityKey>) -> Result<(), CryptoError> {
+    let key = IdentityKey::from_bytes(&receipt.relay)?;
+    if relay.is_some_and(|r| *r != key) {
+        return Err(CryptoError::BadSignature("receipt from another relay"));
+    }
+    let bytes = Receipt::signed_bytes(&receipt.relay, receipt.at_ms, &receipt.what)
+        .map_err(|_| CryptoError::Encoding("receipt"))?;
+    key.verify(&bytes, &receipt.signature)
+        .map_err(|_| CryptoError::BadSignature("receipt"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owner_signatures_verify_only_for_the_signed_request() {
+        let k = MailboxKey::generate();
+        let auth = k
+            .authorize(
+                OwnerOp::Fetch {
+                    after: 3,
+                    limit: 10,
+                },
+                100,
+                [1; 16],
+            )
+            .unwrap();
+        let id = k.id();
+        verify_owner(
+            &id,
+            OwnerOp::Fetch {
+                after: 3,
+                limit: 10,
+            },
+            &auth,
+        )
+        .unwrap();
+        // Another argument, operation, mailbox or time: refused.
+        assert!(verify_owner(
+            &id,
+            OwnerOp::Fetch {
+                after: 0,
+                limit: 10
+            },
+            &auth
+        )
+        .is_err());
+        assert!(verify_owner(&id, OwnerOp::PurgeMailbox, &auth).is_err());
+        let other = MailboxKey::generate().id();
+        assert!(verify_owner(
+            &other,
+            OwnerOp::Fetch {
+                after: 3,
+                limit: 10
+            },
+            &auth
+        )
+        .is_err());
+        let mut later = auth.clone();
+        later.timestamp_ms += 1;
+        assert!(verify_owner(
+            &id,
+            OwnerOp::Fetch {
+                after: 3,
+                limit: 10
+            },
+            &later
+        )
+        .is_err());
+        // Garbage ids are errors, not panics.
+        assert!(verify_owner(&[0xff; 32], OwnerOp::Create, &auth).is_err());
+    }
+
+    #[test]
+    fn receipts_verify_and_a_forged_one_does_not() {
+        let relay = Identity::generate();
+        let r = sign_receipt(
+            &relay,
+            5,
+            Receipted::Purged {
+                deletion_hashes: vec![deletion_hash(&[7; 32])],
+            },
+        )
+        .unwrap();
+        verify_receipt(&r, Some(&relay.public())).unwrap();
+        verify_receipt(&r, None).unwrap();
+        assert!(verify_receipt(&r, Some(&Identity::generate().public())).is_err());
+        let mut forged = r.clone();
+        forged.what = Receipted::Purged {
+            deletion_hashes: vec![deletion_hash(&[8; 32])],
+        };
+        assert!(verify_receipt(&forged, None).is_err());
+    }
+
+    #[test]
+    fn deletion_hashes_hide_the_secret_and_differ_from_envelope_hashes() {
+        let s = [9u8; 32];
+        assert_ne!(deletion_hash(&s), s);
+        assert_ne!(deletion_hash(&s), envelope_hash(&s));
+        assert_eq!(deletion_hash(&s), deletion_hash(&s));
+    }
+}
