@@ -9,6 +9,7 @@
 //! - [`book`]: the account, profile, address book, blocks, groups and privacy settings.
 //! - [`export`]: the documented JSON export of a whole account.
 //! - [`engine`]: the messaging engine (frames in, frames and events out).
+//! - [`relay`]: the store-and-forward relay's mailbox logic (requests in, receipts out).
 
 pub mod book;
 pub mod csv_import;
@@ -16,4 +17,5 @@ pub mod engine;
 pub mod export;
 pub mod phone;
 pub mod picture;
+pub mod relay;
 pub mod vcard;

@@ -142,6 +142,8 @@ pub enum Refusal {
     RateLimited,
     TooLarge,
     TooMany,
+    /// The relay could not do it now (storage error); try again later.
+    Unavailable,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

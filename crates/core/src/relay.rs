@@ -1,0 +1,616 @@
+//! The sans-IO relay: store-and-forward mailboxes that only ever hold sealed envelopes.
+//!
+//! A relay answers `/instaconnect/mailbox/1` requests (see `instaconnect_wire::mailbox`). It
+//! never sees who deposits (deposits come over ephemeral transport identities, and envelopes
+//! are sealed), nor whose mailbox it is (a mailbox id is a key made for that mailbox alone).
+//! Like the [`Engine`](crate::engine::Engine), it does no IO and reads no clock: the shell
+//! passes requests with `now_ms` and a client key for rate limiting (the remote IP, say),
+//! calls [`Relay::commit`] (one flush for a batch) and only then sends the released
+//! responses, so a deposit is acknowledged only once it is on disk.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+
+use instaconnect_crypto::{
+    deletion_hash, envelope_hash, sign_receipt, verify_owner, Identity, IdentityKey,
+};
+use instaconnect_store::relay::MailboxId;
+use instaconnect_store::{RelayOp, RelayStore, StoreError};
+use instaconnect_wire::mailbox::{
+    MailboxRequest, MailboxResponse, OwnerAuth, OwnerOp, Receipted, Refusal, StoredEnvelope,
+    MAX_BATCH, MAX_ENVELOPE_BYTES, MAX_MAILBOX_FRAME_BYTES,
+};
+use instaconnect_wire::proto::ProtoError;
+use instaconnect_wire::records::{MailboxRecord, RelayEnvelope};
+
+/// Clients whose rate-limit buckets are kept; the longest idle is forgotten beyond it.
+pub const MAX_CLIENTS: usize = 65_536;
+/// Owner-request nonces remembered (for replay); beyond it the oldest are forgotten and
+/// requests older than them refused.
+pub const MAX_NONCES: usize = 100_000;
+/// Subscriptions kept in all (mailbox, client) pairs.
+pub const MAX_SUBSCRIPTIONS: usize = 100_000;
+/// Store errors kept for the shell to log.
+pub const MAX_ERRORS: usize = 16;
+/// Expired envelopes removed per timer call (the rest on the next one, at once).
+pub const EXPIRY_BATCH: usize = 4_096;
+/// How often expiry runs when nothing is due sooner.
+pub const EXPIRY_INTERVAL_MS: u64 = 60_000;
+/// Fetch answers stop adding envelopes past this many bytes (under the frame limit).
+const FETCH_BUDGET_BYTES: usize = MAX_MAILBOX_FRAME_BYTES - 96 * 1024;
+
+/// A relay's limits. `configs/relay.toml` documents each with its default.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelayConfig {
+    /// How long an envelope is kept, in milliseconds (14 days).
+    pub ttl_ms: u64,
+    /// Envelopes one mailbox may hold.
+    pub mailbox_max_envelopes: u64,
+    /// Bytes one mailbox may hold.
+    pub mailbox_max_bytes: u64,
+    /// Bytes of envelopes the relay holds in all (the disk cap).
+    pub total_max_bytes: u64,
+    /// Mailboxes the relay keeps.
+    pub max_mailboxes: u64,
+    /// Largest envelope accepted, in bytes.
+    pub max_envelope_bytes: usize,
+    /// Requests a client may make in a burst...
+    pub rate_burst: u32,
+    /// ...and per second after it.
+    pub rate_per_second: u32,
+    /// How far an owner request's timestamp may be from the relay's clock.
+    pub max_clock_skew_ms: u64,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            ttl_ms: 14 * 24 * 3_600_000,
+            mailbox_max_envelopes: 10_000,
+            mailbox_max_bytes: 256 * 1024 * 1024,
+            total_max_bytes: 16 * 1024 * 1024 * 1024,
+            max_mailboxes: 1_000_000,
+            max_envelope_bytes: MAX_ENVELOPE_BYTES,
+            rate_burst: 2_000,
+            rate_per_second: 1_000,
+            max_clock_skew_ms: 10 * 60_000,
+        }
+    }
+}
+
+/// Counters for `/metrics`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RelayMetrics {
+    pub deposits: u64,
+    pub fetches: u64,
+    pub deletes: u64,
+    pub purges: u64,
+    pub expired: u64,
+    /// Refusals by reason (`mailbox_full`, `rate_limited`, ...), and malformed requests.
+    pub rejections: BTreeMap<&'static str, u64>,
+}
+
+/// What the shell must do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RelayOutput {
+    /// Answer the request received on `channel`.
+    Respond { channel: u64, frame: Vec<u8> },
+    /// Send this request (a `Notify`) to a subscribed client.
+    Notify { client: String, frame: Vec<u8> },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("encoding failed: {0}")]
+    Wire(#[from] instaconnect_wire::WireError),
+    #[error(transparent)]
+    Crypto(#[from] instaconnect_crypto::CryptoError),
+}
+
+struct Bucket {
+    tokens: f64,
+    at_ms: u64,
+}
+
+/// The relay. See the module docs.
+pub struct Relay {
+    store: Arc<dyn RelayStore>,
+    identity: Identity,
+    config: RelayConfig,
+    buckets: HashMap<String, Bucket>,
+    /// Owner nonces seen, oldest first, with their timestamps; and the set for lookups.
+    nonces: VecDeque<(u64, [u8; 16])>,
+    nonce_set: BTreeSet<[u8; 16]>,
+    /// Requests with timestamps below this are refused (their nonces may be forgotten).
+    nonce_floor_ms: u64,
+    subscribers: BTreeMap<MailboxId, BTreeSet<String>>,
+    subscriptions: usize,
+    staged: Vec<RelayOutput>,
+    ready: VecDeque<RelayOutput>,
+    metrics: RelayMetrics,
+    errors: VecDeque<String>,
+}
+
+fn refusal_name(r: Refusal) -> &'static str {
+    match r {
+        Refusal::UnknownMailbox => "unknown_mailbox",
+        Refusal::BadSignature => "bad_signature",
+        Refusal::Stale => "stale",
+        Refusal::MailboxFull => "mailbox_full",
+        Refusal::DiskFull => "disk_full",
+        Refusal::RateLimited => "rate_limited",
+        Refusal::TooLarge => "too_large",
+        Refusal::TooMany => "too_many",
+        Refusal::Unavailable => "unavailable",
+    }
+}
+
+impl Relay {
+    pub fn new(store: Arc<dyn RelayStore>, identity: Identity, config: RelayConfig) -> Relay {
+        Relay {
+            store,
+            identity,
+            config,
+            buckets: HashMap::new(),
+            nonces: VecDeque::new(),
+            nonce_set: BTreeSet::new(),
+            nonce_floor_ms: 0,
+            subscribers: BTreeMap::new(),
+            subscriptions: 0,
+            staged: Vec::new(),
+            ready: VecDeque::new(),
+            metrics: RelayMetrics::default(),
+            errors: VecDeque::new(),
+        }
+    }
+
+    /// The relay's identity key (receipts are signed with it).
+    pub fn identity(&self) -> IdentityKey {
+        self.identity.public()
+    }
+
+    pub fn metrics(&self) -> &RelayMetrics {
+        &self.metrics
+    }
+
+    /// Store errors since the last call (they hold no content), for the shell to log.
+    pub fn take_errors(&mut self) -> Vec<String> {
+        self.errors.drain(..).collect()
+    }
+
+    pub fn store(&self) -> &Arc<dyn RelayStore> {
+        &self.store
+    }
+
+    /// Flushes the store, then releases the outputs staged since the last commit.
+    pub fn commit(&mut self) -> Result<(), RelayError> {
+        if self.staged.is_empty() {
+            return Ok(());
+        }
+        self.store.flush()?;
+        self.ready.extend(self.staged.drain(..));
+        Ok(())
+    }
+
+    pub fn poll_output(&mut self) -> Option<RelayOutput> {
+        self.ready.pop_front()
+    }
+
+    /// When [`Relay::handle_timeout`] should run next (expiry).
+    pub fn poll_timeout(&self, now_ms: u64) -> u64 {
+        match self.store.deposited_before(u64::MAX, 1) {
+            Ok(oldest) if !oldest.is_empty() => {
+                let (m, s) = oldest[0];
+                match self.store.envelope(&m, s) {
+                    Ok(Some(e)) => (e.deposited_at_ms + self.config.ttl_ms).max(now_ms),
+                    _ => now_ms + EXPIRY_INTERVAL_MS,
+                }
+            }
+            _ => now_ms + EXPIRY_INTERVAL_MS,
+        }
+    }
+
+    /// Removes envelopes older than the TTL (a batch at a time). Returns how many.
+    pub fn handle_timeout(&mut self, now_ms: u64) -> Result<usize, RelayError> {
+        // Expired: deposited at or before now - ttl.
+        let before = now_ms.saturating_sub(self.config.ttl_ms).saturating_add(1);
+        let due = self.store.deposited_before(before, EXPIRY_BATCH)?;
+        let n = due.len();
+        self.remove_envelopes(&due)?;
+        self.store.flush()?;
+        self.metrics.expired += n as u64;
+        Ok(n)
+    }
+
+    /// A client went away: its subscriptions end.
+    pub fn disconnected(&mut self, client: &str) {
+        let mut removed = 0;
+        self.subscribers.retain(|_, set| {
+            if set.remove(client) {
+                removed += 1;
+            }
+            !set.is_empty()
+        });
+        self.subscriptions -= removed;
+    }
+
+    /// Handles one request frame from `client`; the answer is staged for `channel`.
+    pub fn handle_request(&mut self, now_ms: u64, client: &str, channel: u64, frame: &[u8]) {
+        let response = match self.answer(now_ms, client, frame) {
+            Ok(r) => r,
+            Err(e) => {
+                // A store failure: the client is told to try again; the shell logs the error.
+                if self.errors.len() >= MAX_ERRORS {
+                    self.errors.pop_front();
+                }
+                self.errors.push_back(e.to_string());
+                MailboxResponse::Refused(Refusal::Unavailable)
+            }
+        };
+        match &response {
+            MailboxResponse::Refused(r) => {
+                *self.metrics.rejections.entry(refusal_name(*r)).or_default() += 1;
+            }
+            MailboxResponse::Malformed => {
+                *self.metrics.rejections.entry("malformed").or_default() += 1;
+            }
+            _ => {}
+        }
+        let frame = response
+            .encode()
+            .or_else(|_| MailboxResponse::Malformed.encode())
+            .unwrap_or_default();
+        self.staged.push(RelayOutput::Respond { channel, frame });
+    }
+
+    fn rate_ok(&mut self, now_ms: u64, client: &str) -> bool {
+        if !self.buckets.contains_key(client) && self.buckets.len() >= MAX_CLIENTS {
+            if let Some(idle) = self
+                .buckets
+                .iter()
+                .min_by_key(|(_, b)| b.at_ms)
+                .map(|(k, _)| k.clone())
+            {
+                self.buckets.remove(&idle);
+            }
+        }
+        let burst = f64::from(self.config.rate_burst);
+        let rate = f64::from(self.config.rate_per_second);
+        let b = self.buckets.entry(client.to_string()).or_insert(Bucket {
+            tokens: burst,
+            at_ms: now_ms,
+        });
+        let elapsed = now_ms.saturating_sub(b.at_ms) as f64 / 1000.0;
+        b.tokens = (b.tokens + elapsed * rate).min(burst);
+        b.at_ms = now_ms;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Checks an owner request: signature, freshness, nonce. Records the nonce if it passes.
+    fn owner_ok(
+        &mut self,
+        now_ms: u64,
+        mailbox: &MailboxId,
+        op: OwnerOp<'_>,
+        auth: &OwnerAuth,
+    ) -> Result<(), Refusal> {
+        let skew = self.config.max_clock_skew_ms;
+        if auth.timestamp_ms + skew < now_ms
+            || auth.timestamp_ms > now_ms + skew
+            || auth.timestamp_ms < self.nonce_floor_ms
+            || self.nonce_set.contains(&auth.nonce)
+        {
+            return Err(Refusal::Stale);
+        }
+        verify_owner(mailbox, op, auth).map_err(|_| Refusal::BadSignature)?;
+        // Forget nonces that can no longer pass the time check, then bound the rest.
+        while let Some(&(ts, n)) = self.nonces.front() {
+            if ts + skew < now_ms || self.nonces.len() >= MAX_NONCES {
+                self.nonces.pop_front();
+                self.nonce_set.remove(&n);
+                self.nonce_floor_ms = self.nonce_floor_ms.max(ts);
+            } else {
+                break;
+            }
+        }
+        self.nonces.push_back((auth.timestamp_ms, auth.nonce));
+        self.nonce_set.insert(auth.nonce);
+        Ok(())
+    }
+
+    fn answer(
+        &mut self,
+        now_ms: u64,
+        client: &str,
+        frame: &[u8],
+    ) -> Result<MailboxResponse, RelayError> {
+        if !self.rate_ok(now_ms, client) {
+            return Ok(MailboxResponse::Refused(Refusal::RateLimited));
+        }
+        let req = match MailboxRequest::decode(frame) {
+            Ok(r) => r,
+            Err(ProtoError::UnsupportedVersion(_)) => {
+                return Ok(MailboxResponse::UnsupportedVersion {
+                    supported: instaconnect_wire::PROTOCOL_VERSION,
+                })
+            }
+            Err(ProtoError::TooLarge { .. }) => {
+                return Ok(MailboxResponse::Refused(Refusal::TooLarge))
+            }
+            Err(_) => return Ok(MailboxResponse::Malformed),
+        };
+        for (mailbox, op, auth) in req.owner_parts() {
+            if let Err(r) = self.owner_ok(now_ms, mailbox, op, auth) {
+                return Ok(MailboxResponse::Refused(r));
+            }
+        }
+        match req {
+            MailboxRequest::Create { mailbox, .. } => self.create(now_ms, mailbox),
+            MailboxRequest::Deposit {
+                mailbox,
+                envelope,
+                deletion_hash,
+            } => self.deposit(now_ms, mailbox, envelope, deletion_hash),
+            MailboxRequest::Fetch {
+                mailbox,
+                after,
+                limit,
+                ..
+            } => self.fetch(mailbox, after, limit),
+            MailboxRequest::Delete { mailbox, seqs, .. } => self.delete(now_ms, mailbox, seqs),
+            MailboxRequest::Purge { secrets } => self.purge(now_ms, &secrets),
+            MailboxRequest::PurgeMailbox { mailbox, .. } => self.purge_mailbox(now_ms, mailbox),
+            MailboxRequest::Subscribe { mailboxes } => {
+                for (m, _) in mailboxes {
+                    if self.store.mailbox(&m)?.is_none() {
+                        return Ok(MailboxResponse::Refused(Refusal::UnknownMailbox));
+                    }
+                    let set = self.subscribers.entry(m).or_default();
+                    if !set.contains(client) {
+                        if self.subscriptions >= MAX_SUBSCRIPTIONS {
+                            return Ok(MailboxResponse::Refused(Refusal::TooMany));
+                        }
+                        set.insert(client.to_string());
+                        self.subscriptions += 1;
+                    }
+                }
+                Ok(MailboxResponse::Subscribed)
+            }
+            // Relays send notifications; they do not take them.
+            MailboxRequest::Notify { .. } => Ok(MailboxResponse::Malformed),
+        }
+    }
+
+    fn receipt(&self, now_ms: u64, what: Receipted) -> Result<MailboxResponse, RelayError> {
+        Ok(MailboxResponse::Receipt(sign_receipt(
+            &self.identity,
+            now_ms,
+            what,
+        )?))
+    }
+
+    fn create(&mut self, now_ms: u64, mailbox: MailboxId) -> Result<MailboxResponse, RelayError> {
+        if self.store.mailbox(&mailbox)?.is_none() {
+            let mut totals = self.store.totals()?;
+            if totals.mailboxes >= self.config.max_mailboxes {
+                return Ok(MailboxResponse::Refused(Refusal::TooMany));
+            }
+            totals.mailboxes += 1;
+            self.store.apply_deferred(vec![
+                RelayOp::PutMailbox(
+                    mailbox,
+                    MailboxRecord {
+                        created_at_ms: now_ms,
+                        next_seq: 1,
+                        count: 0,
+                        bytes: 0,
+                    },
+                ),
+                RelayOp::PutTotals(totals),
+            ])?;
+        }
+        self.receipt(now_ms, Receipted::Created { mailbox })
+    }
+
+    fn deposit(
+        &mut self,
+        now_ms: u64,
+        mailbox: MailboxId,
+        envelope: Vec<u8>,
+        deletion_hash: [u8; 32],
+    ) -> Result<MailboxResponse, RelayError> {
+        if envelope.len() > self.config.max_envelope_bytes || envelope.is_empty() {
+            return Ok(MailboxResponse::Refused(Refusal::TooLarge));
+        }
+        let Some(mut m) = self.store.mailbox(&mailbox)? else {
+            return Ok(MailboxResponse::Refused(Refusal::UnknownMailbox));
+        };
+        let len = envelope.len() as u64;
+        if m.count + 1 > self.config.mailbox_max_envelopes
+            || m.bytes + len > self.config.mailbox_max_bytes
+        {
+            return Ok(MailboxResponse::Refused(Refusal::MailboxFull));
+        }
+        let mut totals = self.store.totals()?;
+        if totals.bytes + len > self.config.total_max_bytes {
+            return Ok(MailboxResponse::Refused(Refusal::DiskFull));
+        }
+        let seq = m.next_seq.max(1);
+        m.next_seq = seq + 1;
+        m.count += 1;
+        m.bytes += len;
+        totals.envelopes += 1;
+        totals.bytes += len;
+        let hash = envelope_hash(&envelope);
+        self.store.apply_deferred(vec![
+            RelayOp::PutEnvelope {
+                mailbox,
+                seq,
+                envelope: RelayEnvelope {
+                    deposited_at_ms: now_ms,
+                    deletion_hash,
+                    envelope,
+                },
+            },
+            RelayOp::PutMailbox(mailbox, m),
+            RelayOp::PutTotals(totals),
+        ])?;
+        self.metrics.deposits += 1;
+        if let Some(subs) = self.subscribers.get(&mailbox) {
+            let frame = MailboxRequest::Notify { mailbox }.encode()?;
+            for client in subs {
+                self.staged.push(RelayOutput::Notify {
+                    client: client.clone(),
+                    frame: frame.clone(),
+                });
+            }
+        }
+        self.receipt(
+            now_ms,
+            Receipted::Deposited {
+                mailbox,
+                seq,
+                envelope_hash: hash,
+            },
+        )
+    }
+
+    fn fetch(
+        &mut self,
+        mailbox: MailboxId,
+        after: u64,
+        limit: u32,
+    ) -> Result<MailboxResponse, RelayError> {
+        if self.store.mailbox(&mailbox)?.is_none() {
+            return Ok(MailboxResponse::Refused(Refusal::UnknownMailbox));
+        }
+        let want = (limit as usize).clamp(1, MAX_BATCH);
+        let found = self.store.envelopes(&mailbox, after, want + 1)?;
+        let mut more = found.len() > want;
+        let mut items = Vec::new();
+        let mut bytes = 0;
+        for (seq, e) in found.into_iter().take(want) {
+            if bytes + e.envelope.len() > FETCH_BUDGET_BYTES && !items.is_empty() {
+                more = true;
+                break;
+            }
+            bytes += e.envelope.len();
+            items.push(StoredEnvelope {
+                seq,
+                deposited_at_ms: e.deposited_at_ms,
+                envelope: e.envelope,
+            });
+        }
+        self.metrics.fetches += 1;
+        Ok(MailboxResponse::Envelopes { items, more })
+    }
+
+    /// Removes envelopes (and their counts) in one deferred batch.
+    fn remove_envelopes(&mut self, which: &[(MailboxId, u64)]) -> Result<Vec<u64>, RelayError> {
+        let mut ops = Vec::new();
+        let mut mailboxes: BTreeMap<MailboxId, MailboxRecord> = BTreeMap::new();
+        let mut totals = self.store.totals()?;
+        let mut removed = Vec::new();
+        for &(m, seq) in which {
+            let Some(e) = self.store.envelope(&m, seq)? else {
+                continue;
+            };
+            let len = e.envelope.len() as u64;
+            // An envelope whose mailbox record is gone is still removed (and counted out).
+            let rec = match mailboxes.entry(m) {
+                std::collections::btree_map::Entry::Occupied(o) => Some(o.into_mut()),
+                std::collections::btree_map::Entry::Vacant(v) => {
+                    self.store.mailbox(&m)?.map(|rec| v.insert(rec))
+                }
+            };
+            if let Some(rec) = rec {
+                rec.count = rec.count.saturating_sub(1);
+                rec.bytes = rec.bytes.saturating_sub(len);
+            }
+            totals.envelopes = totals.envelopes.saturating_sub(1);
+            totals.bytes = totals.bytes.saturating_sub(len);
+            ops.push(RelayOp::RemoveEnvelope { mailbox: m, seq });
+            removed.push(seq);
+        }
+        for (m, rec) in mailboxes {
+            ops.push(RelayOp::PutMailbox(m, rec));
+        }
+        ops.push(RelayOp::PutTotals(totals));
+        self.store.apply_deferred(ops)?;
+        Ok(removed)
+    }
+
+    fn delete(
+        &mut self,
+        now_ms: u64,
+        mailbox: MailboxId,
+        seqs: Vec<u64>,
+    ) -> Result<MailboxResponse, RelayError> {
+        if self.store.mailbox(&mailbox)?.is_none() {
+            return Ok(MailboxResponse::Refused(Refusal::UnknownMailbox));
+        }
+        let which: Vec<(MailboxId, u64)> = seqs.iter().map(|s| (mailbox, *s)).collect();
+        self.remove_envelopes(&which)?;
+        self.metrics.deletes += 1;
+        // The receipt names everything asked for: it is not held any more either way.
+        self.receipt(now_ms, Receipted::Deleted { mailbox, seqs })
+    }
+
+    fn purge(&mut self, now_ms: u64, secrets: &[[u8; 32]]) -> Result<MailboxResponse, RelayError> {
+        let mut which = Vec::new();
+        let mut hashes = Vec::new();
+        for s in secrets {
+            let h = deletion_hash(s);
+            which.extend(self.store.by_deletion_hash(&h)?);
+            hashes.push(h);
+        }
+        self.remove_envelopes(&which)?;
+        self.metrics.purges += 1;
+        self.receipt(
+            now_ms,
+            Receipted::Purged {
+                deletion_hashes: hashes,
+            },
+        )
+    }
+
+    fn purge_mailbox(
+        &mut self,
+        now_ms: u64,
+        mailbox: MailboxId,
+    ) -> Result<MailboxResponse, RelayError> {
+        if self.store.mailbox(&mailbox)?.is_some() {
+            loop {
+                let batch: Vec<(MailboxId, u64)> = self
+                    .store
+                    .envelopes(&mailbox, 0, EXPIRY_BATCH)?
+                    .into_iter()
+                    .map(|(s, _)| (mailbox, s))
+                    .collect();
+                if batch.is_empty() {
+                    break;
+                }
+                self.remove_envelopes(&batch)?;
+            }
+            let mut totals = self.store.totals()?;
+            totals.mailboxes = totals.mailboxes.saturating_sub(1);
+            self.store.apply_deferred(vec![
+                RelayOp::RemoveMailbox(mailbox),
+                RelayOp::PutTotals(totals),
+            ])?;
+            if let Some(set) = self.subscribers.remove(&mailbox) {
+                self.subscriptions -= set.len();
+            }
+        }
+        self.metrics.purges += 1;
+        self.receipt(now_ms, Receipted::MailboxPurged { mailbox })
+    }
+}
