@@ -251,7 +251,7 @@ struct PeerState {
 struct Outbox {
     /// Per peer device, the entries in the order they go out: (order, id) -> entry. Order is
     /// 0 for control payloads (accepts, receipts) and the message's sequence + 1 for texts.
-    queues: HashMap<String, BTreeMap<(u64, [u8; 16]), OutboxEntry>>,
+    queues: BTreeMap<String, BTreeMap<(u64, [u8; 16]), OutboxEntry>>,
     /// id -> (peer device, order).
     index: HashMap<[u8; 16], (String, u64)>,
     /// Entries sent and waiting for their answer.
@@ -288,7 +288,7 @@ impl Outbox {
 /// Received texts waiting behind a gap, per conversation (contact phone).
 #[derive(Default)]
 struct HeldTexts {
-    by_conversation: HashMap<String, BTreeMap<u64, MessageRecord>>,
+    by_conversation: BTreeMap<String, BTreeMap<u64, MessageRecord>>,
 }
 
 impl HeldTexts {
@@ -318,7 +318,8 @@ pub struct Engine {
     account: AccountRecord,
     rng: ChaCha20Rng,
     sessions: HashMap<String, Session>,
-    peers: HashMap<String, PeerState>,
+    /// Ordered, so that everything the engine does is the same for the same inputs and seed.
+    peers: BTreeMap<String, PeerState>,
     pending: HashMap<u64, (String, Pending)>,
     next_tag: u64,
     /// Outputs waiting for the next commit.
@@ -369,7 +370,7 @@ impl Engine {
             account,
             rng: ChaCha20Rng::from_seed(seed),
             sessions: HashMap::new(),
-            peers: HashMap::new(),
+            peers: BTreeMap::new(),
             pending: HashMap::new(),
             next_tag: 1,
             staged: Vec::new(),
