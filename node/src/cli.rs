@@ -105,6 +105,9 @@ pub enum Cmd {
     },
     /// Users seen on the network and what their privacy lets you see (needs `instaconnect run`)
     Nearby,
+    /// Mesh simulations of the node logic (no account or node needed)
+    #[command(subcommand)]
+    Sim(SimCmd),
     /// Print an invite (link and QR code) that lets someone add you with your keys
     Invite {
         /// Leave your phone number out of the invite
@@ -187,6 +190,21 @@ pub struct ProfileSet {
     /// Remove the profile picture
     #[arg(long)]
     remove_picture: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SimCmd {
+    /// Run a scenario (see simulations/README.md) and write summary.json, messages.csv and plots
+    Run {
+        /// The scenario file (TOML)
+        scenario: PathBuf,
+        /// Seed for every random choice [default: the scenario's `seed`]
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Output directory [default: sim-out/<scenario name>-<seed>]
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -360,6 +378,11 @@ impl<'a> Ctx<'a> {
 }
 
 impl Cli {
+    /// Whether `--json` was given.
+    pub fn json_output(&self) -> bool {
+        self.json
+    }
+
     /// The command's name without its values (for logs: values hold phone numbers and names).
     pub fn name(&self) -> &'static str {
         match &self.cmd {
@@ -402,6 +425,7 @@ impl Cli {
             Cmd::Read { .. } => "read",
             Cmd::Chat { .. } => "chat",
             Cmd::Nearby => "nearby",
+            Cmd::Sim(_) => "sim",
         }
     }
 
@@ -421,7 +445,7 @@ impl Cli {
                 ),
                 Cmd::Send { .. } | Cmd::History { .. } | Cmd::Read { .. } => true,
                 Cmd::Chat { .. } => false,
-                Cmd::Inbox | Cmd::Nearby => false,
+                Cmd::Inbox | Cmd::Nearby | Cmd::Sim(_) => false,
                 Cmd::Block { .. } | Cmd::Unblock { .. } => true,
                 Cmd::Groups(g) => !matches!(g, GroupsCmd::List | GroupsCmd::Show { .. }),
                 Cmd::Privacy(p) => matches!(p, PrivacyCmd::Set { .. }),
@@ -609,6 +633,9 @@ pub fn execute(cli: Cli, home: &Home, source: Source<'_>, out: &mut Out) -> Resu
             "`chat` is interactive: run it in a terminal (`instaconnect chat CONTACT`)"
         ))),
         Cmd::Nearby => crate::messaging::nearby(&ctx, out),
+        Cmd::Sim(_) => Err(usage(anyhow!(
+            "`sim` runs in the CLI process, not in the node: run it from a terminal"
+        ))),
         Cmd::Export {
             out: file,
             include_keys,

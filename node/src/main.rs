@@ -10,6 +10,7 @@ mod files;
 mod home;
 mod messaging;
 mod output;
+mod sim;
 
 use std::process::ExitCode;
 
@@ -77,6 +78,9 @@ fn main() -> ExitCode {
 /// `run` starts the node. Any other command goes to the running node if there is one (it holds
 /// the database), else runs here.
 fn main_with(cli: cli::Cli, out: &mut output::Out) -> Result<u8, Failure> {
+    if let cli::Cmd::Sim(cmd) = &cli.cmd {
+        return sim::run(cmd, cli.json_output(), out);
+    }
     let home = home::Home::resolve(cli.home.clone())?;
     if let cli::Cmd::Run(args) = cli.cmd {
         daemon::run(&home, args)?;

@@ -1,0 +1,721 @@
+//! The scenario file: what a simulation runs. `simulations/README.md` documents every key.
+//!
+//! A scenario is TOML. Unknown keys are refused; every error names the key path
+//! (`link.loss`, `faults.crashes[1].node`, ...). Durations and bandwidths carry units
+//! ([`crate::units`]). A contact trace named by `mobility.file` is read relative to the scenario
+//! file and becomes part of the scenario (and of its hash).
+
+use std::path::{Path, PathBuf};
+
+use instaconnect_wire::proto::MAX_TEXT_BYTES;
+use serde::{Deserialize, Serialize};
+
+use crate::error::SimError;
+use crate::trace::{self, ContactEvent};
+use crate::units::{Bandwidth, Millis};
+
+/// Most devices a scenario may have.
+pub const MAX_DEVICES: u32 = 100_000;
+/// Most relays a scenario may name (they are placeholders for now).
+pub const MAX_RELAYS: u32 = 10_000;
+/// Most workload contacts per device (below the engine's `MAX_PEERS`).
+pub const MAX_CONTACTS_PER_DEVICE: u32 = 1_000;
+/// Most messages a run may create; the expected count must stay below half of it.
+pub const MAX_MESSAGES: u64 = 20_000_000;
+/// Most meetings the random-meetings model may be expected to generate in a run.
+pub const MAX_EXPECTED_MEETINGS: f64 = 200_000_000.0;
+/// Most mobility ticks in a run (random waypoint).
+pub const MAX_TICKS: u64 = 100_000_000;
+/// Most partitions plus crashes.
+pub const MAX_FAULTS: usize = 100_000;
+/// Largest scenario file read.
+pub const MAX_SCENARIO_BYTES: u64 = 1024 * 1024;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Default seed; `run` takes the seed to use (the CLI's `--seed` overrides this one).
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// Simulated time.
+    pub duration: Millis,
+    pub nodes: Nodes,
+    pub mobility: Mobility,
+    #[serde(default)]
+    pub radio: Radio,
+    #[serde(default)]
+    pub link: Link,
+    #[serde(default)]
+    pub churn: Option<Churn>,
+    #[serde(default)]
+    pub workload: Workload,
+    #[serde(default)]
+    pub routing: Routing,
+    #[serde(default)]
+    pub buffers: Buffers,
+    #[serde(default)]
+    pub faults: Faults,
+}
+
+fn default_seed() -> u64 {
+    1
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Nodes {
+    /// Devices: each runs a real engine on its own in-memory store.
+    pub devices: u32,
+    /// Relays: inert placeholders until relays land (they take no part in the run).
+    #[serde(default)]
+    pub relays: u32,
+    /// Whether devices let contacts see them online (the privacy setting `online`): if so, every
+    /// new connection between contacts carries a sealed presence frame each way.
+    #[serde(default = "yes")]
+    pub share_presence: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// How devices come into range of each other.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Mobility {
+    /// Devices stand still on a grid filling `area`; pairs within `radio.range` are linked.
+    StaticGrid {
+        /// Width and height in metres.
+        area: [f64; 2],
+    },
+    /// Random waypoint in `area`: walk at a speed drawn from `speed` to a uniform random
+    /// point, pause for a time drawn from `pause`, repeat. Positions advance every `tick`.
+    RandomWaypoint {
+        area: [f64; 2],
+        /// Metres per second, [min, max].
+        speed: [f64; 2],
+        /// [min, max].
+        pause: [Millis; 2],
+        #[serde(default = "default_tick")]
+        tick: Millis,
+    },
+    /// Every pair of devices meets as a Poisson process of rate `rate_per_hour`; a meeting
+    /// keeps the pair linked for `meeting_duration` (overlapping meetings merge).
+    RandomMeetings {
+        rate_per_hour: f64,
+        meeting_duration: Millis,
+    },
+    /// The ONE simulator's connection events, `time CONN a b up|down` (time in seconds,
+    /// devices numbered from 0), from a file relative to the scenario.
+    Trace {
+        file: String,
+        #[serde(skip)]
+        events: Vec<ContactEvent>,
+    },
+}
+
+fn default_tick() -> Millis {
+    Millis(1_000)
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Radio {
+    /// Metres; used by the position-based models.
+    #[serde(default = "default_range")]
+    pub range: f64,
+}
+
+fn default_range() -> f64 {
+    30.0
+}
+
+impl Default for Radio {
+    fn default() -> Self {
+        Radio {
+            range: default_range(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Link {
+    /// One-way propagation delay of every frame.
+    #[serde(default = "default_latency")]
+    pub latency: Millis,
+    /// Per direction of a link; a frame occupies it for size / bandwidth.
+    #[serde(default = "default_bandwidth")]
+    pub bandwidth: Bandwidth,
+    /// Probability that a frame (request or response) is lost.
+    #[serde(default)]
+    pub loss: f64,
+    /// How long a requester waits for a response before the request fails.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout: Millis,
+}
+
+fn default_latency() -> Millis {
+    Millis(5)
+}
+fn default_bandwidth() -> Bandwidth {
+    Bandwidth(10_000_000)
+}
+fn default_request_timeout() -> Millis {
+    Millis(10_000)
+}
+
+impl Default for Link {
+    fn default() -> Self {
+        Link {
+            latency: default_latency(),
+            bandwidth: default_bandwidth(),
+            loss: 0.0,
+            request_timeout: default_request_timeout(),
+        }
+    }
+}
+
+/// Devices go offline and come back: up and down times are exponential with these means.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Churn {
+    pub mean_up: Millis,
+    pub mean_down: Millis,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Workload {
+    /// Messages per device per hour (a Poisson process over the whole mesh).
+    #[serde(default = "default_rate")]
+    pub rate_per_hour: f64,
+    /// Messages are created from `start` ...
+    #[serde(default)]
+    pub start: Millis,
+    /// ... until `stop` (default: the end of the run).
+    #[serde(default)]
+    pub stop: Option<Millis>,
+    /// Random workload partners per device (made contacts before the run); the contact graph
+    /// is their union, so a device has at least this many (all others if fewer devices).
+    #[serde(default = "default_contacts")]
+    pub contacts: u32,
+    #[serde(default)]
+    pub pairing: Pairing,
+    #[serde(default)]
+    pub size: SizeDist,
+    /// A message delivered later than this after its creation counts as not delivered.
+    #[serde(default)]
+    pub ttl: Option<Millis>,
+    /// Share of group messages: accepted, not simulated yet (every message is 1:1).
+    #[serde(default)]
+    pub group_share: f64,
+}
+
+fn default_rate() -> f64 {
+    1.0
+}
+fn default_contacts() -> u32 {
+    10
+}
+
+impl Default for Workload {
+    fn default() -> Self {
+        Workload {
+            rate_per_hour: default_rate(),
+            start: Millis(0),
+            stop: None,
+            contacts: default_contacts(),
+            pairing: Pairing::default(),
+            size: SizeDist::default(),
+            ttl: None,
+            group_share: 0.0,
+        }
+    }
+}
+
+/// Who writes to whom.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pairing {
+    /// A uniformly random device writes to one of its contacts, uniformly.
+    #[default]
+    Random,
+    /// Each message uses a contact pair no earlier message used (so per-pair delays are
+    /// independent samples); once every pair was used, no more messages are created.
+    Distinct,
+}
+
+/// Text sizes in bytes (1 to the protocol's largest text).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SizeDist {
+    Fixed {
+        bytes: u32,
+    },
+    /// Uniform over [min, max].
+    Uniform {
+        min: u32,
+        max: u32,
+    },
+}
+
+impl Default for SizeDist {
+    fn default() -> Self {
+        SizeDist::Fixed { bytes: 100 }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Routing {
+    #[serde(default)]
+    pub strategy: Strategy,
+    /// Copies per message for spray-and-wait.
+    #[serde(default)]
+    pub copies: Option<u32>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// The product today: a device sends only to the recipient, over a current link.
+    #[default]
+    Direct,
+    /// Through store-and-forward relays (not yet supported).
+    Relays,
+    /// LAN store-carry-forward flooding (not yet supported).
+    Flooding,
+    /// Spray-and-wait with `copies` copies (not yet supported).
+    SprayAndWait,
+}
+
+impl Strategy {
+    pub fn name(self) -> &'static str {
+        match self {
+            Strategy::Direct => "direct",
+            Strategy::Relays => "relays",
+            Strategy::Flooding => "flooding",
+            Strategy::SprayAndWait => "spray_and_wait",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Buffers {
+    /// Most undelivered messages a device holds; the workload creates no more while full
+    /// (those messages count as created and dropped).
+    #[serde(default = "default_outbox")]
+    pub outbox_messages: u32,
+}
+
+fn default_outbox() -> u32 {
+    1_000
+}
+
+impl Default for Buffers {
+    fn default() -> Self {
+        Buffers {
+            outbox_messages: default_outbox(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Faults {
+    #[serde(default)]
+    pub partitions: Vec<Partition>,
+    #[serde(default)]
+    pub crashes: Vec<Crash>,
+}
+
+/// From `start` to `end`, devices are split into `groups` blocks by index (device i is in
+/// block i * groups / devices) and no link crosses blocks.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Partition {
+    pub start: Millis,
+    pub end: Millis,
+    #[serde(default = "default_groups")]
+    pub groups: u32,
+}
+
+fn default_groups() -> u32 {
+    2
+}
+
+/// Device `node`'s process dies at `at` (its links drop, its in-memory engine state is lost,
+/// its store survives) and, with `restart_after`, starts again from its store.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Crash {
+    pub node: u32,
+    pub at: Millis,
+    #[serde(default)]
+    pub restart_after: Option<Millis>,
+}
+
+impl Partition {
+    /// The block of device `i` of `devices`.
+    pub fn group_of(&self, i: u32, devices: u32) -> u32 {
+        ((i as u64 * self.groups as u64) / devices.max(1) as u64) as u32
+    }
+}
+
+impl Scenario {
+    /// Reads a scenario file (and the trace it names, relative to it).
+    pub fn from_toml_file(path: &Path) -> Result<Scenario, SimError> {
+        let label = path.display().to_string();
+        let io = |action, source| SimError::Io {
+            action,
+            path: path.to_path_buf(),
+            source,
+        };
+        let len = std::fs::metadata(path).map_err(|e| io("read", e))?.len();
+        if len > MAX_SCENARIO_BYTES {
+            return Err(SimError::Syntax {
+                file: label,
+                message: format!(
+                    "the file has {len} bytes; a scenario has at most {MAX_SCENARIO_BYTES}"
+                ),
+            });
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| io("read", e))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&text, &label, base)
+    }
+
+    /// Parses a scenario from TOML text; a trace file is read relative to `base_dir`.
+    pub fn from_toml_str(text: &str, base_dir: &Path) -> Result<Scenario, SimError> {
+        Self::parse(text, "scenario", base_dir)
+    }
+
+    fn parse(text: &str, label: &str, base_dir: &Path) -> Result<Scenario, SimError> {
+        let de = toml::Deserializer::parse(text).map_err(|e| SimError::Syntax {
+            file: label.to_string(),
+            message: one_line(&e.to_string()),
+        })?;
+        let mut scenario: Scenario = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let message = one_line(&e.inner().to_string());
+            if key == "." {
+                SimError::Syntax {
+                    file: label.to_string(),
+                    message,
+                }
+            } else {
+                SimError::Scenario {
+                    file: label.to_string(),
+                    key,
+                    message,
+                }
+            }
+        })?;
+        if let Mobility::Trace { file, events } = &mut scenario.mobility {
+            let path: PathBuf = base_dir.join(&*file);
+            *events = trace::load(&path, scenario.nodes.devices)?;
+        }
+        scenario.validate_as(label)?;
+        Ok(scenario)
+    }
+
+    /// Checks every value (the loaders call it; `run` calls it again).
+    pub fn validate(&self) -> Result<(), SimError> {
+        self.validate_as("scenario")
+    }
+
+    fn validate_as(&self, file: &str) -> Result<(), SimError> {
+        let bad = |key: &str, message: String| {
+            Err(SimError::Scenario {
+                file: file.to_string(),
+                key: key.to_string(),
+                message,
+            })
+        };
+        let unsupported = |key: &str, message: String| {
+            Err(SimError::Unsupported {
+                file: file.to_string(),
+                key: key.to_string(),
+                message,
+            })
+        };
+        let duration = self.duration.ms();
+        if duration == 0 {
+            return bad("duration", "must be longer than 0".into());
+        }
+        let n = self.nodes.devices;
+        if n == 0 || n > MAX_DEVICES {
+            return bad(
+                "nodes.devices",
+                format!("must be 1 to {MAX_DEVICES}, got {n}"),
+            );
+        }
+        if self.nodes.relays > MAX_RELAYS {
+            return bad(
+                "nodes.relays",
+                format!("must be at most {MAX_RELAYS}, got {}", self.nodes.relays),
+            );
+        }
+        let area_ok = |a: &[f64; 2]| a.iter().all(|v| v.is_finite() && *v > 0.0);
+        match &self.mobility {
+            Mobility::StaticGrid { area } => {
+                if !area_ok(area) {
+                    return bad(
+                        "mobility.area",
+                        "width and height must be > 0 metres".into(),
+                    );
+                }
+            }
+            Mobility::RandomWaypoint {
+                area,
+                speed,
+                pause,
+                tick,
+            } => {
+                if !area_ok(area) {
+                    return bad(
+                        "mobility.area",
+                        "width and height must be > 0 metres".into(),
+                    );
+                }
+                if !(speed[0].is_finite() && speed[1].is_finite())
+                    || speed[0] <= 0.0
+                    || speed[0] > speed[1]
+                {
+                    return bad(
+                        "mobility.speed",
+                        format!("expected [min, max] m/s with 0 < min <= max, got {speed:?}"),
+                    );
+                }
+                if pause[0] > pause[1] {
+                    return bad(
+                        "mobility.pause",
+                        "expected [min, max] with min <= max".into(),
+                    );
+                }
+                if tick.ms() == 0 {
+                    return bad("mobility.tick", "must be longer than 0".into());
+                }
+                if duration / tick.ms() > MAX_TICKS {
+                    return bad(
+                        "mobility.tick",
+                        format!(
+                            "{} ticks in this run; at most {MAX_TICKS}",
+                            duration / tick.ms()
+                        ),
+                    );
+                }
+            }
+            Mobility::RandomMeetings {
+                rate_per_hour,
+                meeting_duration,
+            } => {
+                if !rate_per_hour.is_finite() || *rate_per_hour <= 0.0 {
+                    return bad("mobility.rate_per_hour", "must be a number > 0".into());
+                }
+                if meeting_duration.ms() == 0 {
+                    return bad("mobility.meeting_duration", "must be longer than 0".into());
+                }
+                let pairs = n as f64 * (n as f64 - 1.0) / 2.0;
+                let expected = rate_per_hour * pairs * duration as f64 / 3_600_000.0;
+                if expected > MAX_EXPECTED_MEETINGS {
+                    return bad(
+                        "mobility.rate_per_hour",
+                        format!(
+                            "about {expected:.0} meetings expected; at most {MAX_EXPECTED_MEETINGS:.0}"
+                        ),
+                    );
+                }
+            }
+            Mobility::Trace { events, .. } => {
+                if let Some(e) = events.iter().find(|e| e.a >= n || e.b >= n || e.a == e.b) {
+                    return bad(
+                        "mobility.file",
+                        format!(
+                            "the trace links devices {} and {}; devices are numbered 0 to {}",
+                            e.a,
+                            e.b,
+                            n - 1
+                        ),
+                    );
+                }
+            }
+        }
+        if !self.radio.range.is_finite() || self.radio.range < 0.0 {
+            return bad("radio.range", "must be >= 0 metres".into());
+        }
+        if !(0.0..1.0).contains(&self.link.loss) {
+            return bad(
+                "link.loss",
+                format!("must be a probability in [0, 1), got {}", self.link.loss),
+            );
+        }
+        if self.link.request_timeout.ms() == 0 {
+            return bad("link.request_timeout", "must be longer than 0".into());
+        }
+        if let Some(c) = &self.churn {
+            if c.mean_up.ms() == 0 {
+                return bad("churn.mean_up", "must be longer than 0".into());
+            }
+            if c.mean_down.ms() == 0 {
+                return bad("churn.mean_down", "must be longer than 0".into());
+            }
+        }
+        let w = &self.workload;
+        if !w.rate_per_hour.is_finite() || w.rate_per_hour < 0.0 {
+            return bad("workload.rate_per_hour", "must be a number >= 0".into());
+        }
+        let stop = w.stop.map_or(duration, |s| s.ms());
+        if stop > duration {
+            return bad(
+                "workload.stop",
+                "must not be after the end of the run".into(),
+            );
+        }
+        if w.start.ms() > stop {
+            return bad("workload.start", "must not be after workload.stop".into());
+        }
+        if w.contacts == 0 || w.contacts > MAX_CONTACTS_PER_DEVICE {
+            return bad(
+                "workload.contacts",
+                format!("must be 1 to {MAX_CONTACTS_PER_DEVICE}, got {}", w.contacts),
+            );
+        }
+        let expected = w.rate_per_hour * n as f64 * (stop - w.start.ms()) as f64 / 3_600_000.0;
+        if expected > (MAX_MESSAGES / 2) as f64 {
+            return bad(
+                "workload.rate_per_hour",
+                format!(
+                    "about {expected:.0} messages expected; at most {}",
+                    MAX_MESSAGES / 2
+                ),
+            );
+        }
+        let max = MAX_TEXT_BYTES as u32;
+        match w.size {
+            SizeDist::Fixed { bytes } => {
+                if bytes == 0 || bytes > max {
+                    return bad("workload.size.bytes", format!("must be 1 to {max}"));
+                }
+            }
+            SizeDist::Uniform { min, max: hi } => {
+                if min == 0 || min > hi || hi > max {
+                    return bad(
+                        "workload.size",
+                        format!("expected 1 <= min <= max <= {max}, got min {min}, max {hi}"),
+                    );
+                }
+            }
+        }
+        if w.ttl.is_some_and(|t| t.ms() == 0) {
+            return bad("workload.ttl", "must be longer than 0".into());
+        }
+        if !(0.0..=1.0).contains(&w.group_share) {
+            return bad("workload.group_share", "must be in [0, 1]".into());
+        }
+        match self.routing.strategy {
+            Strategy::Direct => {}
+            s => {
+                return unsupported(
+                    "routing.strategy",
+                    format!(
+                        "{:?} is not yet supported by the simulator (only \"direct\" is, for now)",
+                        s.name()
+                    ),
+                )
+            }
+        }
+        if self.routing.copies.is_some() {
+            return bad(
+                "routing.copies",
+                "applies only to strategy \"spray_and_wait\"".into(),
+            );
+        }
+        if self.buffers.outbox_messages == 0 {
+            return bad("buffers.outbox_messages", "must be at least 1".into());
+        }
+        let f = &self.faults;
+        if f.partitions.len() + f.crashes.len() > MAX_FAULTS {
+            return bad("faults", format!("at most {MAX_FAULTS} faults"));
+        }
+        for (i, p) in f.partitions.iter().enumerate() {
+            if p.start >= p.end {
+                return bad(
+                    &format!("faults.partitions[{i}].end"),
+                    "must be after start".into(),
+                );
+            }
+            if p.groups < 2 || p.groups > n {
+                return bad(
+                    &format!("faults.partitions[{i}].groups"),
+                    format!("must be 2 to the number of devices ({n})"),
+                );
+            }
+        }
+        for (i, c) in f.crashes.iter().enumerate() {
+            if c.node >= n {
+                return bad(
+                    &format!("faults.crashes[{i}].node"),
+                    format!("no device {} (devices are numbered 0 to {})", c.node, n - 1),
+                );
+            }
+            if c.restart_after.is_some_and(|r| r.ms() == 0) {
+                return bad(
+                    &format!("faults.crashes[{i}].restart_after"),
+                    "must be longer than 0".into(),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// A hash of everything that determines a run besides the seed (the parsed values and
+    /// the trace), hex-encoded.
+    pub fn hash(&self) -> String {
+        let mut h = blake3::Hasher::new();
+        h.update(b"instaconnect-sim/scenario/v1\0");
+        // Serialising plain data to JSON cannot fail.
+        h.update(&serde_json::to_vec(self).unwrap_or_default());
+        if let Mobility::Trace { events, .. } = &self.mobility {
+            for e in events {
+                h.update(&e.at_ms.to_le_bytes());
+                h.update(&e.a.to_le_bytes());
+                h.update(&e.b.to_le_bytes());
+                h.update(&[e.up as u8]);
+            }
+        }
+        h.finalize().to_hex().to_string()
+    }
+
+    /// When the workload stops creating messages.
+    pub fn workload_stop(&self) -> Millis {
+        self.workload.stop.unwrap_or(self.duration)
+    }
+}
+
+/// toml's errors span several lines: a location, a source excerpt, then the message. Keep the
+/// location and the message, on one line.
+fn one_line(s: &str) -> String {
+    let lines: Vec<&str> = s.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let location = lines
+        .first()
+        .and_then(|l| l.strip_prefix("TOML parse error at "));
+    // The excerpt's lines start with a line number or a bar.
+    let message: Vec<&str> = lines
+        .iter()
+        .skip(usize::from(location.is_some()))
+        .filter(|l| {
+            !(l.starts_with('|')
+                || l.split('|')
+                    .next()
+                    .is_some_and(|n| n.trim().parse::<u64>().is_ok()))
+        })
+        .copied()
+        .collect();
+    match location {
+        Some(loc) => format!("{loc}: {}", message.join(" ")),
+        None => lines.join(" "),
+    }
+}
