@@ -16,7 +16,7 @@
 //! session from that pre-key message. Texts, read receipts and presence then travel as sealed
 //! envelopes; each text is acknowledged end to end once stored.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use instaconnect_crypto::{
@@ -329,6 +329,8 @@ pub struct Engine {
     device_dirty: bool,
     outbox: Outbox,
     held: HeldTexts,
+    /// Sessions changed since the last commit.
+    dirty_sessions: BTreeSet<String>,
 }
 
 fn earliest(a: Option<u64>, b: Option<u64>) -> Option<u64> {
@@ -378,6 +380,7 @@ impl Engine {
             device_dirty: false,
             outbox,
             held,
+            dirty_sessions: BTreeSet::new(),
         })
     }
 
@@ -408,6 +411,18 @@ impl Engine {
 
     /// Flushes the store, then releases every output staged since the last commit.
     pub fn commit(&mut self) -> Result<()> {
+        if !self.dirty_sessions.is_empty() {
+            let mut ops = Vec::with_capacity(self.dirty_sessions.len());
+            for peer in std::mem::take(&mut self.dirty_sessions) {
+                if let Some(s) = self.sessions.get(&peer) {
+                    ops.push(Op::PutSession {
+                        peer_id: peer,
+                        pickle: SecretBytes::new(s.to_pickle_bytes().to_vec()),
+                    });
+                }
+            }
+            self.store.apply_deferred(ops)?;
+        }
         if self.device_dirty {
             self.account.device_pickle = SecretBytes::new(self.device.to_pickle_bytes().to_vec());
             self.store
@@ -535,12 +550,11 @@ impl Engine {
         Ok(self.sessions.get_mut(peer))
     }
 
-    fn save_session(&self, peer: &str, ops: &mut Vec<Op>) {
-        if let Some(s) = self.sessions.get(peer) {
-            ops.push(Op::PutSession {
-                peer_id: peer.to_string(),
-                pickle: SecretBytes::new(s.to_pickle_bytes().to_vec()),
-            });
+    /// The session with `peer` changed: it is written at the next commit (once, however many
+    /// messages it sealed or opened in between).
+    fn session_changed(&mut self, peer: &str) {
+        if !self.dirty_sessions.contains(peer) {
+            self.dirty_sessions.insert(peer.to_string());
         }
     }
 
@@ -572,6 +586,7 @@ impl Engine {
             .session(peer)?
             .ok_or_else(|| EngineError::NotLinked(peer.to_string()))?;
         let ratchet = session.encrypt(&bytes)?;
+        self.session_changed(peer);
         let recipient = self
             .recipient_keys(peer)?
             .ok_or_else(|| EngineError::NotLinked(peer.to_string()))?;
@@ -791,7 +806,7 @@ impl Engine {
             next_attempt_ms: now_ms,
         };
         let mut ops = Vec::new();
-        self.save_session(peer, &mut ops);
+        self.session_changed(peer);
         ops.push(Op::PutOutbox(entry.clone()));
         self.store.apply_deferred(ops)?;
         self.outbox.insert(0, entry);
@@ -915,7 +930,7 @@ impl Engine {
             };
             let envelope = self.seal(peer, &payload, id, now_ms)?;
             let mut ops = vec![Op::PutConversation(conv)];
-            self.save_session(peer, &mut ops);
+            self.session_changed(peer);
             let Some(e) = self.outbox.get_mut(&id) else {
                 return Ok(true);
             };
@@ -1033,9 +1048,6 @@ impl Engine {
                 let id = self.random_id();
                 match self.seal(peer, &Payload::Presence { online: true }, id, now_ms) {
                     Ok(frame) => {
-                        let mut ops = Vec::new();
-                        self.save_session(peer, &mut ops);
-                        self.store.apply_deferred(ops)?;
                         let tag = self.tag();
                         self.pending
                             .insert(tag, (peer.to_string(), Pending::Ephemeral));
@@ -1241,7 +1253,7 @@ impl Engine {
             Err(_) => return self.bad_frame(peer, channel, now_ms),
         };
         let mut ops = Vec::new();
-        self.save_session(peer, &mut ops);
+        self.session_changed(peer);
         match payload {
             Payload::Text { text, n } => {
                 let message = MessageRecord {
