@@ -20,8 +20,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use instaconnect_crypto::{
-    open_envelope, seal_envelope, CardDisplay, ContactCard, CryptoError, Device, EnvelopeContent,
-    Identity, MessageId, PayloadKind, Session, SignedDeviceKeys, DEFAULT_CARD_TTL_MS,
+    open_envelope_cached, seal_envelope_cached, CardDisplay, ContactCard, CryptoError, Device,
+    EnvelopeContent, Identity, MessageId, PayloadKind, Session, SignedDeviceKeys, VerifiedKeys,
+    DEFAULT_CARD_TTL_MS,
 };
 use instaconnect_store::{Op, Store, StoreError};
 use instaconnect_wire::proto::{
@@ -331,6 +332,8 @@ pub struct Engine {
     held: HeldTexts,
     /// Sessions changed since the last commit.
     dirty_sessions: BTreeSet<String>,
+    /// Device keys already verified (bounded by the crypto crate).
+    verified: VerifiedKeys,
 }
 
 fn earliest(a: Option<u64>, b: Option<u64>) -> Option<u64> {
@@ -381,6 +384,7 @@ impl Engine {
             outbox,
             held,
             dirty_sessions: BTreeSet::new(),
+            verified: VerifiedKeys::new(),
         })
     }
 
@@ -590,7 +594,8 @@ impl Engine {
         let recipient = self
             .recipient_keys(peer)?
             .ok_or_else(|| EngineError::NotLinked(peer.to_string()))?;
-        let envelope = seal_envelope(
+        let envelope = seal_envelope_cached(
+            &mut self.verified,
             &self.device,
             &self.own_keys,
             &recipient,
@@ -1202,7 +1207,7 @@ impl Engine {
     }
 
     fn on_envelope(&mut self, peer: &str, env: &[u8], channel: u64, now_ms: u64) -> Result<()> {
-        let opened = match open_envelope(&self.device, env) {
+        let opened = match open_envelope_cached(&mut self.verified, &self.device, env) {
             Ok(o) => o,
             Err(_) => return self.bad_frame(peer, channel, now_ms),
         };

@@ -131,10 +131,74 @@ pub fn bucket_for(payload_len: usize) -> Option<usize> {
     ENVELOPE_BUCKETS.iter().copied().find(|&b| b >= needed)
 }
 
+/// Device keys whose signatures were checked, remembered (bounded, oldest forgotten first) so
+/// that sealing to and opening from the same devices again skips two Ed25519 verifications.
+/// An entry matches only keys identical in every byte, signatures included.
+#[derive(Default)]
+pub struct VerifiedKeys {
+    order: std::collections::VecDeque<[u8; 32]>,
+    set: std::collections::HashSet<[u8; 32]>,
+}
+
+/// Device keys a [`VerifiedKeys`] remembers.
+pub const VERIFIED_KEYS_CAPACITY: usize = 4_096;
+
+impl VerifiedKeys {
+    /// An empty cache.
+    pub fn new() -> VerifiedKeys {
+        VerifiedKeys::default()
+    }
+
+    fn digest(keys: &SignedDeviceKeys) -> [u8; 32] {
+        let mut h = blake3::Hasher::new();
+        h.update(&keys.identity.to_bytes());
+        h.update(&keys.curve25519);
+        h.update(&keys.ed25519);
+        h.update(&keys.envelope);
+        h.update(&keys.identity_signature.0);
+        h.update(&keys.device_signature.0);
+        *h.finalize().as_bytes()
+    }
+
+    /// Verifies `keys` against the identity they name, unless these exact keys were verified.
+    pub fn check(&mut self, keys: &SignedDeviceKeys) -> Result<(), CryptoError> {
+        let d = Self::digest(keys);
+        if self.set.contains(&d) {
+            return Ok(());
+        }
+        keys.verify(&keys.identity)?;
+        if self.order.len() >= VERIFIED_KEYS_CAPACITY {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        self.order.push_back(d);
+        self.set.insert(d);
+        Ok(())
+    }
+}
+
 /// Seal `content` from this device to `recipient`'s envelope key. The recipient's device
 /// keys are verified against the identity they name (the caller checks that identity is the
 /// contact it means). `sender_keys` must be this device's own signed keys.
 pub fn seal_envelope(
+    sender: &Device,
+    sender_keys: &SignedDeviceKeys,
+    recipient: &SignedDeviceKeys,
+    content: &EnvelopeContent,
+) -> Result<Vec<u8>, CryptoError> {
+    seal_envelope_cached(
+        &mut VerifiedKeys::new(),
+        sender,
+        sender_keys,
+        recipient,
+        content,
+    )
+}
+
+/// [`seal_envelope`], skipping the verification of recipient keys `cache` has verified.
+pub fn seal_envelope_cached(
+    cache: &mut VerifiedKeys,
     sender: &Device,
     sender_keys: &SignedDeviceKeys,
     recipient: &SignedDeviceKeys,
@@ -153,7 +217,7 @@ pub fn seal_envelope(
             "sender keys do not belong to this device".into(),
         ));
     }
-    recipient.verify(&recipient.identity)?;
+    cache.check(recipient)?;
 
     let noise_len = bucket - 1;
     let mut sealed = Zeroizing::new(Vec::with_capacity(noise_len - NOISE_X_OVERHEAD));
@@ -192,6 +256,15 @@ pub fn seal_envelope(
 /// key the sender used must be the envelope key in device keys signed by the identity the
 /// envelope names. Every failure is a typed error.
 pub fn open_envelope(recipient: &Device, envelope: &[u8]) -> Result<OpenedEnvelope, CryptoError> {
+    open_envelope_cached(&mut VerifiedKeys::new(), recipient, envelope)
+}
+
+/// [`open_envelope`], skipping the verification of sender keys `cache` has verified.
+pub fn open_envelope_cached(
+    cache: &mut VerifiedKeys,
+    recipient: &Device,
+    envelope: &[u8],
+) -> Result<OpenedEnvelope, CryptoError> {
     if !ENVELOPE_BUCKETS.contains(&envelope.len()) {
         return Err(CryptoError::EnvelopeMalformed(
             "size is not a padding bucket",
@@ -220,7 +293,7 @@ pub fn open_envelope(recipient: &Device, envelope: &[u8]) -> Result<OpenedEnvelo
         .and_then(|s| s.try_into().ok())
         .ok_or(CryptoError::EnvelopeOpen)?;
     let plain = buf.get(..n).ok_or(CryptoError::EnvelopeOpen)?;
-    parse_sealed(plain, sender_static)
+    parse_sealed(plain, sender_static, cache)
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -241,7 +314,11 @@ impl<'a> Reader<'a> {
     }
 }
 
-fn parse_sealed(plain: &[u8], sender_static: [u8; KEY_LEN]) -> Result<OpenedEnvelope, CryptoError> {
+fn parse_sealed(
+    plain: &[u8],
+    sender_static: [u8; KEY_LEN],
+    cache: &mut VerifiedKeys,
+) -> Result<OpenedEnvelope, CryptoError> {
     let mut r = Reader(plain);
     let [v] = r.array::<1>()?;
     if v != SEALED_CONTENT_VERSION {
@@ -261,8 +338,8 @@ fn parse_sealed(plain: &[u8], sender_static: [u8; KEY_LEN]) -> Result<OpenedEnve
         identity_signature: Sig64(r.array()?),
         device_signature: Sig64(r.array()?),
     };
-    sender
-        .verify(&identity)
+    cache
+        .check(&sender)
         .map_err(|_| CryptoError::SenderMismatch)?;
     let message_id = MessageId(r.array()?);
     let timestamp_ms = u64::from_be_bytes(r.array()?);
@@ -309,6 +386,31 @@ mod tests {
             kind: PayloadKind::Pairwise,
             payload: (0..len).map(|i| (i % 251) as u8).collect(),
         }
+    }
+
+    #[test]
+    fn the_verified_keys_cache_never_accepts_keys_it_did_not_verify() {
+        let (a, b) = (party(), party());
+        let mut cache = VerifiedKeys::new();
+        let env = seal_envelope_cached(&mut cache, &a.dev, &a.keys, &b.keys, &content(10)).unwrap();
+        let mut at_b = VerifiedKeys::new();
+        assert_eq!(
+            open_envelope_cached(&mut at_b, &b.dev, &env)
+                .unwrap()
+                .payload,
+            content(10).payload
+        );
+        // Cached: the same keys pass again; altered keys are verified afresh and fail.
+        seal_envelope_cached(&mut cache, &a.dev, &a.keys, &b.keys, &content(10)).unwrap();
+        let mut forged = b.keys.clone();
+        forged.envelope = a.keys.envelope;
+        assert!(seal_envelope_cached(&mut cache, &a.dev, &a.keys, &forged, &content(10)).is_err());
+        // Bounded.
+        for _ in 0..3 {
+            cache.check(&party().keys).unwrap();
+        }
+        assert!(cache.set.len() <= VERIFIED_KEYS_CAPACITY && cache.set.len() == cache.order.len());
+        let _ = a.id;
     }
 
     #[test]

@@ -33,10 +33,11 @@ pub use card::{
     MAX_DISPLAY_NAME_LEN, MAX_INVITE_LINK_LEN, MAX_PHONE_LEN,
 };
 pub use envelope::{
-    bucket_for, open_envelope, seal_envelope, EnvelopeContent, MessageId, OpenedEnvelope,
-    PayloadKind, BUCKET_16K, BUCKET_1K, BUCKET_4K, BUCKET_64K, ENVELOPE_BUCKETS, ENVELOPE_VERSION,
-    MAX_ENVELOPE_PAYLOAD, MAX_NOISE_MESSAGE, NOISE_PROLOGUE, NOISE_PROTOCOL, NOISE_X_OVERHEAD,
-    SEALED_CONTENT_VERSION, SEALED_HEADER_LEN,
+    bucket_for, open_envelope, open_envelope_cached, seal_envelope, seal_envelope_cached,
+    EnvelopeContent, MessageId, OpenedEnvelope, PayloadKind, VerifiedKeys, BUCKET_16K, BUCKET_1K,
+    BUCKET_4K, BUCKET_64K, ENVELOPE_BUCKETS, ENVELOPE_VERSION, MAX_ENVELOPE_PAYLOAD,
+    MAX_NOISE_MESSAGE, NOISE_PROLOGUE, NOISE_PROTOCOL, NOISE_X_OVERHEAD, SEALED_CONTENT_VERSION,
+    SEALED_HEADER_LEN, VERIFIED_KEYS_CAPACITY,
 };
 pub use error::CryptoError;
 pub use group::{
