@@ -49,7 +49,12 @@ fn a_seeded_simulation_replays_byte_for_byte_and_reports_its_results() {
     let (first, a) = run("5", "a");
     let (_, b) = run("5", "b");
     let (other, c) = run("6", "c");
-    for f in ["summary.json", "messages.csv", "delivery.svg", "latency_cdf.svg"] {
+    for f in [
+        "summary.json",
+        "messages.csv",
+        "delivery.svg",
+        "latency_cdf.svg",
+    ] {
         assert_eq!(
             std::fs::read(a.join(f)).unwrap(),
             std::fs::read(b.join(f)).unwrap(),
@@ -69,7 +74,11 @@ fn a_seeded_simulation_replays_byte_for_byte_and_reports_its_results() {
     // Everyone is in range and loss is retried: everything arrives.
     assert_eq!(first["delivered"].as_u64().unwrap(), created);
     let csv = std::fs::read_to_string(a.join("messages.csv")).unwrap();
-    assert_eq!(csv.lines().count() as u64, created + 1, "a header and a line per message");
+    assert_eq!(
+        csv.lines().count() as u64,
+        created + 1,
+        "a header and a line per message"
+    );
 
     let bad = h.file("bad.toml");
     std::fs::write(&bad, "seed = 1\nduraton = \"1h\"\n").unwrap();
