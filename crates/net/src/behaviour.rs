@@ -8,7 +8,7 @@ use libp2p::{
     SwarmBuilder,
 };
 
-use crate::codec::{FrameCodec, MSG_STREAM_PROTOCOL};
+use crate::codec::{FrameCodec, MAILBOX_STREAM_PROTOCOL, MSG_STREAM_PROTOCOL};
 use crate::{
     NetError, NetIdentity, IDENTIFY_PROTOCOL_VERSION, IDLE_CONNECTION_TIMEOUT,
     MAX_CONCURRENT_REQUEST_STREAMS, MAX_ESTABLISHED_PER_PEER, MAX_ESTABLISHED_TOTAL,
@@ -23,6 +23,8 @@ pub(crate) struct Behaviour {
     pub(crate) identify: identify::Behaviour,
     pub(crate) ping: ping::Behaviour,
     pub(crate) rr: request_response::Behaviour<FrameCodec>,
+    /// `/instaconnect/mailbox/1`: deposits, fetches and notifications between devices and relays.
+    pub(crate) mailbox: request_response::Behaviour<FrameCodec>,
 }
 
 /// The libp2p keypair for `identity`.
@@ -74,6 +76,16 @@ pub(crate) fn build_swarm(keypair: identity::Keypair) -> Result<Swarm<Behaviour>
             rr: request_response::Behaviour::with_codec(
                 FrameCodec,
                 [(MSG_STREAM_PROTOCOL, request_response::ProtocolSupport::Full)],
+                request_response::Config::default()
+                    .with_request_timeout(REQUEST_TIMEOUT)
+                    .with_max_concurrent_streams(MAX_CONCURRENT_REQUEST_STREAMS),
+            ),
+            mailbox: request_response::Behaviour::with_codec(
+                FrameCodec,
+                [(
+                    MAILBOX_STREAM_PROTOCOL,
+                    request_response::ProtocolSupport::Full,
+                )],
                 request_response::Config::default()
                     .with_request_timeout(REQUEST_TIMEOUT)
                     .with_max_concurrent_streams(MAX_CONCURRENT_REQUEST_STREAMS),

@@ -34,8 +34,24 @@ pub(crate) const MSG_STREAM_PROTOCOL: StreamProtocol = StreamProtocol::new(crate
 /// Largest payload of one frame (request or response), in bytes: 256 KiB.
 pub const MAX_FRAME_BYTES: usize = 256 * 1024;
 
+/// [`crate::MAILBOX_PROTOCOL`] as a libp2p stream protocol.
+pub(crate) const MAILBOX_STREAM_PROTOCOL: StreamProtocol =
+    StreamProtocol::new(crate::MAILBOX_PROTOCOL);
+
+/// Largest frame on the mailbox protocol (a fetch answer carries many envelopes): 1 MiB.
+pub const MAX_MAILBOX_FRAME_BYTES: usize = instaconnect_wire::mailbox::MAX_MAILBOX_FRAME_BYTES;
+
+/// The frame limit of a protocol.
+pub(crate) fn limit_for(protocol: &StreamProtocol) -> usize {
+    if *protocol == MAILBOX_STREAM_PROTOCOL {
+        MAX_MAILBOX_FRAME_BYTES
+    } else {
+        MAX_FRAME_BYTES
+    }
+}
+
 /// Most body bytes of a refused oversize request that are read and discarded.
-pub const MAX_DRAIN_BYTES: u64 = 2 * MAX_FRAME_BYTES as u64;
+pub const MAX_DRAIN_BYTES: u64 = 2 * MAX_MAILBOX_FRAME_BYTES as u64;
 
 /// Longest time spent discarding the body of a refused oversize request.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
@@ -62,10 +78,10 @@ pub enum InboundRequest {
     Refused(String),
 }
 
-pub(crate) fn oversize_error(len: usize) -> io::Error {
+pub(crate) fn oversize_error(len: usize, max: usize) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidData,
-        format!("{OVERSIZE_MARKER}: {len} > {MAX_FRAME_BYTES}"),
+        format!("{OVERSIZE_MARKER}: {len} > {max}"),
     )
 }
 
@@ -99,14 +115,23 @@ where
     Ok(buf)
 }
 
+#[cfg(test)]
 /// Reads one frame, refusing an announced length above [`MAX_FRAME_BYTES`] before allocating.
 pub async fn read_frame<T>(io: &mut T) -> io::Result<Vec<u8>>
 where
     T: AsyncRead + Unpin + Send,
 {
+    read_frame_limited(io, MAX_FRAME_BYTES).await
+}
+
+/// [`read_frame`] with another limit.
+pub async fn read_frame_limited<T>(io: &mut T, max: usize) -> io::Result<Vec<u8>>
+where
+    T: AsyncRead + Unpin + Send,
+{
     let len = read_len(io).await?;
-    if len > MAX_FRAME_BYTES {
-        return Err(oversize_error(len));
+    if len > max {
+        return Err(oversize_error(len, max));
     }
     read_body(io, len).await
 }
@@ -129,8 +154,17 @@ where
     done
 }
 
+#[cfg(test)]
 /// Reads one request; a bad one becomes [`InboundRequest::Refused`] (see the module docs).
 pub async fn read_request_frame<T>(io: &mut T) -> io::Result<InboundRequest>
+where
+    T: AsyncRead + Unpin + Send,
+{
+    read_request_limited(io, MAX_FRAME_BYTES).await
+}
+
+/// [`read_request_frame`] with another limit.
+pub async fn read_request_limited<T>(io: &mut T, max: usize) -> io::Result<InboundRequest>
 where
     T: AsyncRead + Unpin + Send,
 {
@@ -139,9 +173,11 @@ where
         Err(e) if is_bad_frame(&e) => return Ok(InboundRequest::Refused(e.to_string())),
         Err(e) => return Err(e),
     };
-    if len > MAX_FRAME_BYTES {
+    if len > max {
         let _ = tokio::time::timeout(DRAIN_TIMEOUT, drain(io, len)).await;
-        return Ok(InboundRequest::Refused(oversize_error(len).to_string()));
+        return Ok(InboundRequest::Refused(
+            oversize_error(len, max).to_string(),
+        ));
     }
     match read_body(io, len).await {
         Ok(frame) => Ok(InboundRequest::Frame(frame)),
@@ -150,15 +186,24 @@ where
     }
 }
 
+#[cfg(test)]
 /// Writes one frame, refusing a payload above [`MAX_FRAME_BYTES`].
 pub async fn write_frame<T>(io: &mut T, frame: &[u8]) -> io::Result<()>
 where
     T: AsyncWrite + Unpin + Send,
 {
-    if frame.len() > MAX_FRAME_BYTES {
-        return Err(oversize_error(frame.len()));
+    write_frame_limited(io, frame, MAX_FRAME_BYTES).await
+}
+
+/// [`write_frame`] with another limit.
+pub async fn write_frame_limited<T>(io: &mut T, frame: &[u8], max: usize) -> io::Result<()>
+where
+    T: AsyncWrite + Unpin + Send,
+{
+    if frame.len() > max {
+        return Err(oversize_error(frame.len(), max));
     }
-    let len = u32::try_from(frame.len()).map_err(|_| oversize_error(frame.len()))?;
+    let len = u32::try_from(frame.len()).map_err(|_| oversize_error(frame.len(), max))?;
     io.write_all(&len.to_be_bytes()).await?;
     io.write_all(frame).await?;
     io.flush().await
@@ -171,25 +216,29 @@ impl libp2p::request_response::Codec for FrameCodec {
 
     async fn read_request<T>(
         &mut self,
-        _: &StreamProtocol,
+        protocol: &StreamProtocol,
         io: &mut T,
     ) -> io::Result<InboundRequest>
     where
         T: AsyncRead + Unpin + Send,
     {
-        read_request_frame(io).await
+        read_request_limited(io, limit_for(protocol)).await
     }
 
-    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
+    async fn read_response<T>(
+        &mut self,
+        protocol: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<Vec<u8>>
     where
         T: AsyncRead + Unpin + Send,
     {
-        read_frame(io).await
+        read_frame_limited(io, limit_for(protocol)).await
     }
 
     async fn write_request<T>(
         &mut self,
-        _: &StreamProtocol,
+        protocol: &StreamProtocol,
         io: &mut T,
         req: InboundRequest,
     ) -> io::Result<()>
@@ -197,21 +246,23 @@ impl libp2p::request_response::Codec for FrameCodec {
         T: AsyncWrite + Unpin + Send,
     {
         match req {
-            InboundRequest::Frame(frame) => write_frame(io, &frame).await,
+            InboundRequest::Frame(frame) => {
+                write_frame_limited(io, &frame, limit_for(protocol)).await
+            }
             InboundRequest::Refused(why) => Err(io::Error::new(io::ErrorKind::InvalidInput, why)),
         }
     }
 
     async fn write_response<T>(
         &mut self,
-        _: &StreamProtocol,
+        protocol: &StreamProtocol,
         io: &mut T,
         res: Vec<u8>,
     ) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_frame(io, &res).await
+        write_frame_limited(io, &res, limit_for(protocol)).await
     }
 }
 
@@ -282,7 +333,7 @@ mod tests {
             (LEN_PREFIX_BYTES + MAX_FRAME_BYTES + 1) as u64
         );
         let mut wire = u32::MAX.to_be_bytes().to_vec();
-        wire.resize(LEN_PREFIX_BYTES + 3 * MAX_FRAME_BYTES, 0);
+        wire.resize(LEN_PREFIX_BYTES + 2 * MAX_DRAIN_BYTES as usize, 0);
         let mut rd = Cursor::new(wire);
         read_request_frame(&mut rd).await.unwrap();
         assert_eq!(rd.position(), LEN_PREFIX_BYTES as u64 + MAX_DRAIN_BYTES);

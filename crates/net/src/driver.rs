@@ -219,6 +219,18 @@ impl Driver {
                 Some(tag) => Input::RequestFailed { peer, tag, error },
                 None => return,
             },
+            NetEvent::MailboxRequest { channel, .. } => {
+                // Devices take no mailbox requests yet (relay notifications come with the
+                // device's mailbox client): answer, so the stream does not wait for a timeout.
+                let frame = instaconnect_wire::mailbox::MailboxResponse::Malformed
+                    .encode()
+                    .unwrap_or_default();
+                let net = self.net.clone();
+                tokio::spawn(async move {
+                    let _ = net.respond(channel, frame).await;
+                });
+                return;
+            }
             NetEvent::Misbehaving { peer } => {
                 let _ = self.events.send(Event::Misbehaving { peer });
                 return;

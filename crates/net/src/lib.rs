@@ -87,10 +87,12 @@ use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{mpsc, oneshot};
 use zeroize::Zeroizing;
 
-pub use codec::{DRAIN_TIMEOUT, MAX_DRAIN_BYTES, MAX_FRAME_BYTES};
+pub use codec::{DRAIN_TIMEOUT, MAX_DRAIN_BYTES, MAX_FRAME_BYTES, MAX_MAILBOX_FRAME_BYTES};
 
 /// Protocol id of the request-response protocol carrying engine frames.
 pub const MSG_PROTOCOL: &str = "/instaconnect/msg/1";
+/// The mailbox protocol between devices and relays.
+pub const MAILBOX_PROTOCOL: &str = instaconnect_wire::mailbox::MAILBOX_PROTOCOL;
 /// Protocol version announced by identify.
 pub const IDENTIFY_PROTOCOL_VERSION: &str = "/instaconnect/1.0.0";
 /// DNS-SD service type advertised and browsed over mDNS.
@@ -293,6 +295,13 @@ pub enum NetEvent {
         peer: String,
         error: String,
     },
+    /// A peer sent a request on `/instaconnect/mailbox/1`; answer it with
+    /// [`NetHandle::respond`] like any other.
+    MailboxRequest {
+        peer: String,
+        frame: Vec<u8>,
+        channel: InboundId,
+    },
     /// A peer's request could not be received or answered (e.g. oversize or truncated frame).
     InboundFailed { peer: String, error: String },
     /// The peer sent too many bad frames; it has been disconnected.
@@ -331,6 +340,13 @@ pub enum NetError {
 }
 
 /// Commands from handles to the network task.
+/// Which request-response protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Proto {
+    Msg,
+    Mailbox,
+}
+
 pub(crate) enum Command {
     Dial {
         addr: Multiaddr,
@@ -344,6 +360,7 @@ pub(crate) enum Command {
     Request {
         peer: PeerId,
         frame: Vec<u8>,
+        protocol: Proto,
         reply: oneshot::Sender<Result<RequestId, NetError>>,
     },
     Respond {
@@ -386,11 +403,11 @@ fn parse_addr(addr: &str) -> Result<Multiaddr, NetError> {
     Multiaddr::from_str(addr).map_err(|_| NetError::InvalidAddress(addr.to_string()))
 }
 
-fn check_frame(frame: &[u8]) -> Result<(), NetError> {
-    if frame.len() > MAX_FRAME_BYTES {
+fn check_frame(frame: &[u8], max: usize) -> Result<(), NetError> {
+    if frame.len() > max {
         return Err(NetError::FrameTooLarge {
             len: frame.len(),
-            max: MAX_FRAME_BYTES,
+            max,
         });
     }
     Ok(())
@@ -434,14 +451,34 @@ impl NetHandle {
     /// as [`NetEvent::Response`] or [`NetEvent::RequestFailed`] carrying the returned id.
     pub async fn request(&self, peer: &str, frame: Vec<u8>) -> Result<RequestId, NetError> {
         let peer = parse_peer(peer)?;
-        check_frame(&frame)?;
-        self.call(|reply| Command::Request { peer, frame, reply })
-            .await?
+        check_frame(&frame, MAX_FRAME_BYTES)?;
+        self.call(|reply| Command::Request {
+            peer,
+            frame,
+            protocol: Proto::Msg,
+            reply,
+        })
+        .await?
     }
 
-    /// Answers the inbound request `channel` with one frame.
+    /// Sends one frame on `/instaconnect/mailbox/1` (to a relay, or a relay's notification to
+    /// a device); the answer arrives like [`NetHandle::request`]'s.
+    pub async fn mailbox_request(&self, peer: &str, frame: Vec<u8>) -> Result<RequestId, NetError> {
+        let peer = parse_peer(peer)?;
+        check_frame(&frame, MAX_MAILBOX_FRAME_BYTES)?;
+        self.call(|reply| Command::Request {
+            peer,
+            frame,
+            protocol: Proto::Mailbox,
+            reply,
+        })
+        .await?
+    }
+
+    /// Answers the inbound request `channel` with one frame (the limit of its protocol is
+    /// checked when it is written).
     pub async fn respond(&self, channel: InboundId, frame: Vec<u8>) -> Result<(), NetError> {
-        check_frame(&frame)?;
+        check_frame(&frame, MAX_MAILBOX_FRAME_BYTES)?;
         self.call(|reply| Command::Respond {
             id: channel,
             frame,

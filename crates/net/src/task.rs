@@ -18,13 +18,15 @@ use crate::behaviour::{build_swarm, keypair, Behaviour, BehaviourEvent};
 use crate::codec::InboundRequest;
 use crate::mdns::{Mdns, MdnsEvent};
 use crate::{
-    Command, InboundId, NetConfig, NetError, NetEvent, NetHandle, RequestId, BAD_FRAME_WINDOW,
-    COMMAND_CHANNEL_CAPACITY, EVENT_CHANNEL_CAPACITY, MAX_BAD_FRAMES_PER_PEER, MAX_BUFFERED_EVENTS,
-    MAX_PENDING_INBOUND, MAX_PENDING_OUTBOUND, MAX_TRACKED_PEERS, SHUTDOWN_GRACE, STARTUP_TIMEOUT,
+    Command, InboundId, NetConfig, NetError, NetEvent, NetHandle, Proto, RequestId,
+    BAD_FRAME_WINDOW, COMMAND_CHANNEL_CAPACITY, EVENT_CHANNEL_CAPACITY, MAX_BAD_FRAMES_PER_PEER,
+    MAX_BUFFERED_EVENTS, MAX_FRAME_BYTES, MAX_PENDING_INBOUND, MAX_PENDING_OUTBOUND,
+    MAX_TRACKED_PEERS, SHUTDOWN_GRACE, STARTUP_TIMEOUT,
 };
 
 struct PendingInbound {
     peer: PeerId,
+    protocol: Proto,
     request_id: InboundRequestId,
     channel: ResponseChannel<Vec<u8>>,
 }
@@ -45,9 +47,9 @@ pub(crate) struct NetTask {
     listeners: Vec<libp2p::core::transport::ListenerId>,
     /// Inbound requests awaiting `respond`, oldest first (ids increase).
     inbound: BTreeMap<u64, PendingInbound>,
-    inbound_index: HashMap<InboundRequestId, u64>,
+    inbound_index: HashMap<(Proto, InboundRequestId), u64>,
     next_inbound: u64,
-    outbound: HashMap<OutboundRequestId, RequestId>,
+    outbound: HashMap<(Proto, OutboundRequestId), RequestId>,
     next_outbound: u64,
     bad_frames: HashMap<PeerId, BadFrames>,
 }
@@ -278,18 +280,24 @@ impl NetTask {
                 };
                 reply_to(reply, res);
             }
-            Command::Request { peer, frame, reply } => {
+            Command::Request {
+                peer,
+                frame,
+                protocol,
+                reply,
+            } => {
                 let res = if self.outbound.len() >= MAX_PENDING_OUTBOUND {
                     Err(NetError::Busy)
                 } else {
-                    let rr_id = self
-                        .swarm
-                        .behaviour_mut()
-                        .rr
-                        .send_request(&peer, InboundRequest::Frame(frame));
+                    let b = self.swarm.behaviour_mut();
+                    let rr = match protocol {
+                        Proto::Msg => &mut b.rr,
+                        Proto::Mailbox => &mut b.mailbox,
+                    };
+                    let rr_id = rr.send_request(&peer, InboundRequest::Frame(frame));
                     let id = RequestId(self.next_outbound);
                     self.next_outbound += 1;
-                    self.outbound.insert(rr_id, id);
+                    self.outbound.insert((protocol, rr_id), id);
                     Ok(id)
                 };
                 reply_to(reply, res);
@@ -297,12 +305,25 @@ impl NetTask {
             Command::Respond { id, frame, reply } => {
                 let res = match self.inbound.remove(&id.0) {
                     None => Err(NetError::UnknownInbound(id)),
+                    Some(pending)
+                        if pending.protocol == Proto::Msg && frame.len() > MAX_FRAME_BYTES =>
+                    {
+                        self.inbound_index
+                            .remove(&(pending.protocol, pending.request_id));
+                        Err(NetError::FrameTooLarge {
+                            len: frame.len(),
+                            max: MAX_FRAME_BYTES,
+                        })
+                    }
                     Some(pending) => {
-                        self.inbound_index.remove(&pending.request_id);
-                        self.swarm
-                            .behaviour_mut()
-                            .rr
-                            .send_response(pending.channel, frame)
+                        self.inbound_index
+                            .remove(&(pending.protocol, pending.request_id));
+                        let b = self.swarm.behaviour_mut();
+                        let rr = match pending.protocol {
+                            Proto::Msg => &mut b.rr,
+                            Proto::Mailbox => &mut b.mailbox,
+                        };
+                        rr.send_response(pending.channel, frame)
                             .map_err(|_| NetError::ResponseClosed)
                     }
                 };
@@ -404,7 +425,10 @@ impl NetTask {
             SwarmEvent::ListenerClosed {
                 addresses, reason, ..
             } => debug!(?addresses, ?reason, "listener closed"),
-            SwarmEvent::Behaviour(BehaviourEvent::Rr(ev)) => self.on_rr_event(ev),
+            SwarmEvent::Behaviour(BehaviourEvent::Rr(ev)) => self.on_rr_event(Proto::Msg, ev),
+            SwarmEvent::Behaviour(BehaviourEvent::Mailbox(ev)) => {
+                self.on_rr_event(Proto::Mailbox, ev)
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
                 info,
@@ -422,7 +446,7 @@ impl NetTask {
         }
     }
 
-    fn on_rr_event(&mut self, ev: rr::Event<InboundRequest, Vec<u8>>) {
+    fn on_rr_event(&mut self, protocol: Proto, ev: rr::Event<InboundRequest, Vec<u8>>) {
         match ev {
             rr::Event::Message { peer, message, .. } => match message {
                 rr::Message::Request {
@@ -430,11 +454,19 @@ impl NetTask {
                     request: InboundRequest::Frame(frame),
                     channel,
                 } => {
-                    let id = self.track_inbound(peer, request_id, channel);
-                    self.emit(NetEvent::Request {
-                        peer: peer.to_base58(),
-                        frame,
-                        channel: id,
+                    let id = self.track_inbound(peer, protocol, request_id, channel);
+                    let peer = peer.to_base58();
+                    self.emit(match protocol {
+                        Proto::Msg => NetEvent::Request {
+                            peer,
+                            frame,
+                            channel: id,
+                        },
+                        Proto::Mailbox => NetEvent::MailboxRequest {
+                            peer,
+                            frame,
+                            channel: id,
+                        },
                     });
                 }
                 rr::Message::Request {
@@ -449,7 +481,7 @@ impl NetTask {
                 rr::Message::Response {
                     request_id,
                     response,
-                } => match self.outbound.remove(&request_id) {
+                } => match self.outbound.remove(&(protocol, request_id)) {
                     Some(id) => self.emit(NetEvent::Response {
                         id,
                         peer: peer.to_base58(),
@@ -463,7 +495,7 @@ impl NetTask {
                 request_id,
                 error,
                 ..
-            } => match self.outbound.remove(&request_id) {
+            } => match self.outbound.remove(&(protocol, request_id)) {
                 Some(id) => {
                     debug!(%peer, %id, %error, "request failed");
                     self.emit(NetEvent::RequestFailed {
@@ -480,7 +512,7 @@ impl NetTask {
                 error,
                 ..
             } => {
-                if let Some(key) = self.inbound_index.remove(&request_id) {
+                if let Some(key) = self.inbound_index.remove(&(protocol, request_id)) {
                     self.inbound.remove(&key);
                 }
                 match error {
@@ -506,12 +538,14 @@ impl NetTask {
     fn track_inbound(
         &mut self,
         peer: PeerId,
+        protocol: Proto,
         request_id: InboundRequestId,
         channel: ResponseChannel<Vec<u8>>,
     ) -> InboundId {
         if self.inbound.len() >= MAX_PENDING_INBOUND {
             if let Some((old, dropped)) = self.inbound.pop_first() {
-                self.inbound_index.remove(&dropped.request_id);
+                self.inbound_index
+                    .remove(&(dropped.protocol, dropped.request_id));
                 warn!(
                     peer = %dropped.peer,
                     id = %InboundId(old),
@@ -521,11 +555,12 @@ impl NetTask {
         }
         let key = self.next_inbound;
         self.next_inbound += 1;
-        self.inbound_index.insert(request_id, key);
+        self.inbound_index.insert((protocol, request_id), key);
         self.inbound.insert(
             key,
             PendingInbound {
                 peer,
+                protocol,
                 request_id,
                 channel,
             },

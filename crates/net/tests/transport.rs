@@ -390,3 +390,42 @@ async fn shutdown_disconnects_peers_and_stops_the_handle() {
     .await
     .expect("event stream ends after shutdown");
 }
+
+#[tokio::test]
+async fn the_mailbox_protocol_carries_larger_frames_on_its_own_streams() {
+    use instaconnect_net::MAX_MAILBOX_FRAME_BYTES;
+    let mut a = tcp_node().await;
+    let mut b = tcp_node().await;
+    let b_addr = first_addr(&b.0).await;
+    connect(&mut a, &mut b, &b_addr).await;
+    let b_peer = b.0.local_peer_id().to_string();
+    let a_peer = a.0.local_peer_id().to_string();
+
+    // Above the message protocol's limit, within the mailbox protocol's.
+    let big = payload(MAX_FRAME_BYTES * 2, 3);
+    assert!(matches!(
+        a.0.request(&b_peer, big.clone()).await,
+        Err(NetError::FrameTooLarge { .. })
+    ));
+    let id = a.0.mailbox_request(&b_peer, big.clone()).await.unwrap();
+    let (peer, frame, channel) = wait_for(&mut b.1, "MailboxRequest", |ev| match ev {
+        NetEvent::MailboxRequest {
+            peer,
+            frame,
+            channel,
+        } => Some((peer.clone(), frame.clone(), *channel)),
+        NetEvent::Request { .. } => panic!("a mailbox frame arrived as a message request"),
+        _ => None,
+    })
+    .await;
+    assert_eq!((peer, frame), (a_peer, big));
+    let answer = payload(MAX_MAILBOX_FRAME_BYTES, 4);
+    b.0.respond(channel, answer.clone()).await.unwrap();
+    let (_, got) = wait_response(&mut a.1, id).await;
+    assert_eq!(got, answer);
+    assert!(matches!(
+        a.0.mailbox_request(&b_peer, vec![0; MAX_MAILBOX_FRAME_BYTES + 1])
+            .await,
+        Err(NetError::FrameTooLarge { .. })
+    ));
+}
