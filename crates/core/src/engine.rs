@@ -41,13 +41,20 @@ pub const RETRY_BASE_MS: u64 = 1_000;
 /// Longest retry delay.
 pub const RETRY_MAX_MS: u64 = 60_000;
 /// Most envelopes in flight to one peer at once (the rest wait their turn, in order).
-pub const MAX_INFLIGHT_PER_PEER: usize = 64;
+///
+/// Requests in flight can arrive reordered by up to about the window, and the receiver's Olm
+/// session keeps only 40 skipped message keys: a text that falls further behind than that can
+/// never be decrypted (its envelope is sealed once). 32 keeps the reordering inside the bound.
+pub const MAX_INFLIGHT_PER_PEER: usize = 32;
 /// Most peers the engine keeps state for; the longest-unseen disconnected peer is forgotten.
 pub const MAX_PEERS: usize = 1_024;
 /// Most pending contact requests kept; further ones are refused.
 pub const MAX_CONTACT_REQUESTS: usize = 256;
-/// Malformed frames tolerated from one peer before it is disconnected.
+/// Malformed frames tolerated from one peer within [`BAD_FRAME_WINDOW_MS`] before it is
+/// disconnected.
 pub const MAX_BAD_FRAMES: u32 = 16;
+/// The window over which malformed frames are counted.
+pub const BAD_FRAME_WINDOW_MS: u64 = 60_000;
 /// Most outputs waiting for the next commit; beyond it inputs are refused (`NotNow`).
 pub const MAX_PENDING_OUTPUTS: usize = 65_536;
 /// Most texts of one conversation held back behind a gap; one more shows them all.
@@ -241,6 +248,8 @@ pub struct PeerView {
 struct PeerState {
     view: PeerView,
     bad_frames: u32,
+    /// When the first bad frame of the current window came.
+    bad_since_ms: u64,
     inflight: usize,
     /// We sent our contact request on this connection already.
     requested: bool,
@@ -1090,6 +1099,10 @@ impl Engine {
     fn bad_frame(&mut self, peer: &str, channel: u64, now_ms: u64) -> Result<()> {
         self.respond(channel, Response::Malformed)?;
         let p = self.peer_mut(peer, now_ms);
+        if p.bad_frames == 0 || now_ms.saturating_sub(p.bad_since_ms) >= BAD_FRAME_WINDOW_MS {
+            p.bad_frames = 0;
+            p.bad_since_ms = now_ms;
+        }
         p.bad_frames += 1;
         if p.bad_frames >= MAX_BAD_FRAMES {
             p.bad_frames = 0;
@@ -1239,7 +1252,16 @@ impl Engine {
             let s = self.sessions.get_mut(peer).expect("loaded above");
             match s.decrypt_from(&opened.sender, &opened.payload) {
                 Ok(p) => p,
-                Err(_) => return self.bad_frame(peer, channel, now_ms),
+                // The sender is authenticated (sealed by the peer's own keys): a ratchet
+                // message we cannot decrypt is not an attack on us. It is refused for now,
+                // not counted as misbehaviour.
+                Err(e) => {
+                    self.problem(format!(
+                        "a message from {} could not be decrypted ({e}); it stays with the sender",
+                        contact.phone
+                    ));
+                    return self.respond(channel, Response::NotNow);
+                }
             }
         } else if Session::is_prekey_message(&opened.payload) {
             match Session::inbound(&mut self.device, &opened.sender, &opened.payload) {

@@ -114,7 +114,7 @@ pub const MAX_PENDING_OUTBOUND: usize = 1024;
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Concurrent request-response streams per connection, both directions together. Inbound
 /// streams beyond it are dropped, so it must exceed twice the engine's in-flight window
-/// (`instaconnect_core::engine::MAX_INFLIGHT_PER_PEER`, 64) with room for control requests.
+/// (`instaconnect_core::engine::MAX_INFLIGHT_PER_PEER`, 32) with room for control requests.
 pub const MAX_CONCURRENT_REQUEST_STREAMS: usize = 160;
 /// Concurrent multiplexed streams per connection (Yamux and QUIC).
 pub const MAX_STREAMS_PER_CONNECTION: usize = 256;
