@@ -174,6 +174,42 @@ impl Home {
 pub const NODE_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Home {
+    /// A new home with an account.
+    pub fn with_account(phone: &str, name: &str) -> Home {
+        let h = Home::new();
+        h.ok(&["account", "create", "--phone", phone, "--name", name]);
+        h
+    }
+
+    /// With both nodes running: this home links `their_phone` (saved as `name`) to their device
+    /// `their_peer`, they accept the request from `my_phone`; waits for both sides to see it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn link(
+        &self,
+        my_events: &Events,
+        my_phone: &str,
+        them: &Home,
+        their_events: &Events,
+        their_phone: &str,
+        their_peer: &str,
+        name: &str,
+    ) {
+        self.ok(&[
+            "contacts",
+            "add",
+            their_phone,
+            "--name",
+            name,
+            "--peer",
+            their_peer,
+        ]);
+        their_events.wait("contact_request", |d| d["phone"] == my_phone);
+        them.ok(&["contacts", "accept", my_phone]);
+        my_events.wait("contact_accepted", |d| d["phone"] == their_phone);
+    }
+}
+
+impl Home {
     /// Starts `instaconnect run --no-mdns` on 127.0.0.1 in this home and waits (with a
     /// timeout) until it prints its control API address. The node is killed when dropped.
     pub fn start_node(&self) -> Node {

@@ -5,9 +5,7 @@ use instaconnect_e2e::Home;
 use serde_json::Value;
 
 fn account(phone: &str, name: &str) -> Home {
-    let h = Home::new();
-    h.ok(&["account", "create", "--phone", phone, "--name", name]);
-    h
+    Home::with_account(phone, name)
 }
 
 #[test]
@@ -109,16 +107,15 @@ fn a_message_sent_while_the_node_is_down_is_queued_then_delivered() {
     {
         let asha_node = asha.start_node_with(&["--peer", &ravi_addr]);
         let asha_events = asha_node.events();
-        asha.ok(&[
-            "contacts",
-            "add",
+        asha.link(
+            &asha_events,
+            "+919812345678",
+            &ravi,
+            &ravi_events,
             "+919812340001",
-            "--peer",
             &ravi_node.peer_id,
-        ]);
-        ravi_events.wait("contact_request", |_| true);
-        ravi.ok(&["contacts", "accept", "+919812345678"]);
-        asha_events.wait("contact_accepted", |_| true);
+            "Ravi",
+        );
         let _ = asha_node.signal("TERM");
     }
     // Asha's node is down: the CLI queues the message in her store.
@@ -173,16 +170,15 @@ fn interactive_chat_sends_typed_lines_and_shows_incoming_and_states_live() {
     let ravi_events = ravi_node.events();
     let asha_node = asha.start_node_with(&["--peer", &ravi_addr]);
     let asha_events = asha_node.events();
-    asha.ok(&[
-        "contacts",
-        "add",
+    asha.link(
+        &asha_events,
+        "+919812345678",
+        &ravi,
+        &ravi_events,
         "+919812340001",
-        "--peer",
         &ravi_node.peer_id,
-    ]);
-    ravi_events.wait("contact_request", |_| true);
-    ravi.ok(&["contacts", "accept", "+919812345678"]);
-    asha_events.wait("contact_accepted", |_| true);
+        "Ravi",
+    );
     ravi.ok(&["send", "Asha", "before the chat"]);
     asha_events.wait("message_received", |d| d["text"] == "before the chat");
 

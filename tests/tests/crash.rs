@@ -12,12 +12,6 @@ const KILL_AFTER: usize = 300;
 /// Longest wait for the next acknowledgement once the receiver is back.
 const STALL: std::time::Duration = std::time::Duration::from_secs(30);
 
-fn account(phone: &str, name: &str) -> Home {
-    let h = Home::new();
-    h.ok(&["account", "create", "--phone", phone, "--name", name]);
-    h
-}
-
 /// The JSON output of a command run inside a node.
 fn output(a: &instaconnect_e2e::Answer) -> serde_json::Value {
     assert_eq!(a.json["code"], 0, "{a:?}");
@@ -26,26 +20,23 @@ fn output(a: &instaconnect_e2e::Answer) -> serde_json::Value {
 
 #[test]
 fn killing_the_receiver_mid_stream_loses_and_duplicates_nothing() {
-    let asha = account("+919812345678", "Asha");
-    let ravi = account("+919812340001", "Ravi");
+    let asha = Home::with_account("+919812345678", "Asha");
+    let ravi = Home::with_account("+919812340001", "Ravi");
     let mut asha_node = asha.start_node();
     let asha_addr = asha_node.wait_line("listening on ");
     let asha_events = asha_node.events();
     let ravi_node = ravi.start_node_with(&["--peer", &asha_addr]);
     let ravi_events = ravi_node.events();
 
-    asha.ok(&[
-        "contacts",
-        "add",
+    asha.link(
+        &asha_events,
+        "+919812345678",
+        &ravi,
+        &ravi_events,
         "+919812340001",
-        "--name",
-        "Ravi",
-        "--peer",
         &ravi_node.peer_id,
-    ]);
-    ravi_events.wait("contact_request", |d| d["phone"] == "+919812345678");
-    ravi.ok(&["contacts", "accept", "+919812345678"]);
-    asha_events.wait("contact_accepted", |d| d["phone"] == "+919812340001");
+        "Ravi",
+    );
 
     // Asha streams from another thread while this one watches Ravi.
     let sender = std::thread::spawn(move || {
