@@ -13,12 +13,16 @@
 //! `ContactRequest{card}` frame over the authenticated transport). `B` sees
 //! [`Event::ContactRequest`] and answers [`Command::AcceptContact`]: it starts an Olm session
 //! from A's card and sends `ContactAccept{card}` sealed in an envelope; A starts the inbound
-//! session from that pre-key message. Texts, read receipts and presence then travel as sealed
-//! envelopes; each text is acknowledged end to end once stored.
+//! session from that pre-key message. Texts, read receipts and presence then travel as ratchet
+//! messages: sealed in envelopes until the peer has answered the session (its first messages
+//! are pre-key messages, which name our keys), then many to a request in a batch over the
+//! authenticated connection. Each is acknowledged end to end once stored. Outbox entries are
+//! encrypted afresh at every attempt, so a retry always decrypts.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
+use instaconnect_crypto::IdentityKey;
 use instaconnect_crypto::{
     open_envelope_cached, seal_envelope_cached, CardDisplay, ContactCard, CryptoError, Device,
     EnvelopeContent, Identity, MessageId, PayloadKind, Session, SignedDeviceKeys, VerifiedKeys,
@@ -26,11 +30,12 @@ use instaconnect_crypto::{
 };
 use instaconnect_store::{Op, Store, StoreError};
 use instaconnect_wire::proto::{
-    Payload, ProfileReply, ProtoError, Request, Response, MAX_TEXT_BYTES,
+    DirectItem, Payload, ProfileReply, ProtoError, Request, Response, BATCH_OVERHEAD_BYTES,
+    MAX_BATCH_ITEMS, MAX_FRAME_BYTES, MAX_TEXT_BYTES,
 };
 use instaconnect_wire::records::{
     AccountRecord, ContactRecord, ContactRequestRecord, ConversationRecord, DeliveryState,
-    Direction, HeldMessage, MessageRecord, OutboxEntry, Visibility,
+    Direction, HeldMessage, MessageRecord, OutboxEntry, OutboxPayload, Visibility,
 };
 use instaconnect_wire::SecretBytes;
 use rand::{RngCore, SeedableRng};
@@ -40,12 +45,17 @@ use rand_chacha::ChaCha20Rng;
 pub const RETRY_BASE_MS: u64 = 1_000;
 /// Longest retry delay.
 pub const RETRY_MAX_MS: u64 = 60_000;
-/// Most envelopes in flight to one peer at once (the rest wait their turn, in order).
-///
-/// Requests in flight can arrive reordered by up to about the window, and the receiver's Olm
-/// session keeps only 40 skipped message keys: a text that falls further behind than that can
-/// never be decrypted (its envelope is sealed once). 32 keeps the reordering inside the bound.
-pub const MAX_INFLIGHT_PER_PEER: usize = 32;
+/// Most requests in flight to one peer at once (the rest wait their turn, in order).
+pub const MAX_INFLIGHT_REQUESTS_PER_PEER: usize = 4;
+/// A further request goes out to a peer only while at most this many messages are in flight
+/// to it. Requests in flight may be taken in any order, and the receiver's Olm session keeps
+/// only 40 skipped message keys: what overtakes is at most this far ahead, so everything stays
+/// decryptable. (One that still fails is refused, and encrypted afresh on its retry.)
+pub const MAX_REORDER_ITEMS: usize = 32;
+/// Most messages in flight to one peer: the reorder bound plus one full batch.
+pub const MAX_INFLIGHT_PER_PEER: usize = MAX_REORDER_ITEMS + MAX_BATCH_ITEMS;
+/// What a ratchet message adds to its plaintext, at most (to fill a batch before encrypting).
+const RATCHET_OVERHEAD_BYTES: usize = 160;
 /// Most peers the engine keeps state for; the longest-unseen disconnected peer is forgotten.
 pub const MAX_PEERS: usize = 1_024;
 /// Most pending contact requests kept; further ones are refused.
@@ -250,7 +260,9 @@ struct PeerState {
     bad_frames: u32,
     /// When the first bad frame of the current window came.
     bad_since_ms: u64,
+    /// Requests in flight, and the outbox entries they carry.
     inflight: usize,
+    inflight_items: usize,
     /// We sent our contact request on this connection already.
     requested: bool,
 }
@@ -289,6 +301,11 @@ impl Outbox {
         e
     }
 
+    fn get(&self, id: &[u8; 16]) -> Option<&OutboxEntry> {
+        let (peer, order) = self.index.get(id)?;
+        self.queues.get(peer)?.get(&(*order, *id))
+    }
+
     fn get_mut(&mut self, id: &[u8; 16]) -> Option<&mut OutboxEntry> {
         let (peer, order) = self.index.get(id)?;
         self.queues.get_mut(peer)?.get_mut(&(*order, *id))
@@ -313,7 +330,10 @@ impl HeldTexts {
 }
 
 enum Pending {
-    Envelope { id: [u8; 16] },
+    /// Outbox entries, in one request.
+    Items {
+        ids: Vec<[u8; 16]>,
+    },
     Ephemeral,
     Profile,
     ContactRequest,
@@ -336,6 +356,12 @@ pub struct Engine {
     staged: Vec<Output>,
     /// Outputs released by a commit, waiting to be polled.
     ready: VecDeque<Output>,
+    /// Outputs waiting for the flush of their commit ticket, oldest first.
+    awaiting: VecDeque<(u64, Vec<Output>)>,
+    /// The last commit ticket handed out.
+    last_ticket: u64,
+    /// The store was written since the last commit ticket.
+    wrote: bool,
     device_dirty: bool,
     outbox: Outbox,
     held: HeldTexts,
@@ -366,7 +392,10 @@ impl Engine {
         let own_keys = device.signed_keys(&identity);
         let mut outbox = Outbox::default();
         for e in store.outbox()? {
-            let order = store.message(&e.id)?.map_or(0, |m| m.seq + 1);
+            let order = match e.payload {
+                OutboxPayload::Text { .. } => store.message(&e.id)?.map_or(0, |m| m.seq + 1),
+                _ => 0,
+            };
             outbox.insert(order, e);
         }
         let mut held = HeldTexts::default();
@@ -389,6 +418,9 @@ impl Engine {
             next_tag: 1,
             staged: Vec::new(),
             ready: VecDeque::new(),
+            awaiting: VecDeque::new(),
+            last_ticket: 0,
+            wrote: false,
             device_dirty: false,
             outbox,
             held,
@@ -424,6 +456,28 @@ impl Engine {
 
     /// Flushes the store, then releases every output staged since the last commit.
     pub fn commit(&mut self) -> Result<()> {
+        if let Some(ticket) = self.prepare_commit(true)? {
+            self.store.flush()?;
+            self.committed(ticket);
+        }
+        Ok(())
+    }
+
+    /// The first half of a commit, for shells that flush on another thread while the engine
+    /// goes on. Writes what is pending and releases the outputs staged since the last commit
+    /// that need no flush: requests (they acknowledge nothing: after a crash a message reaches
+    /// its recipient at most once more, deduped there by id), and, when nothing waits for a
+    /// flush, events. Responses (which acknowledge what was stored) and the events staged with
+    /// them are held until [`Engine::committed`] is called with the returned ticket, after a
+    /// flush of the store that began after this call. A ticket is also returned when `durable`
+    /// is asked for (the caller answers user commands) and something was written since the last
+    /// ticket. `None`: no flush is needed.
+    ///
+    /// Other writes (delivery states, backoff) become durable with the next flush, whenever it
+    /// comes (sled also flushes on its own twice a second): losing them in a crash only repeats
+    /// a send, which the recipient dedupes. Tickets increase; a flush makes everything written
+    /// before it durable, so `committed(t)` releases every ticket up to `t`.
+    pub fn prepare_commit(&mut self, durable: bool) -> Result<Option<u64>> {
         if !self.dirty_sessions.is_empty() {
             let mut ops = Vec::with_capacity(self.dirty_sessions.len());
             for peer in std::mem::take(&mut self.dirty_sessions) {
@@ -434,19 +488,55 @@ impl Engine {
                     });
                 }
             }
-            self.store.apply_deferred(ops)?;
+            self.write(ops)?;
         }
         if self.device_dirty {
             self.account.device_pickle = SecretBytes::new(self.device.to_pickle_bytes().to_vec());
-            self.store
-                .apply_deferred(vec![Op::PutAccount(self.account.clone())])?;
+            self.write(vec![Op::PutAccount(self.account.clone())])?;
             self.device_dirty = false;
         }
-        if self.staged.is_empty() {
+        let acks = self
+            .staged
+            .iter()
+            .any(|o| matches!(o, Output::Respond { .. }));
+        let mut held = Vec::new();
+        for o in self.staged.drain(..) {
+            match o {
+                Output::Request { .. } => self.ready.push_back(o),
+                other => held.push(other),
+            }
+        }
+        if acks || (durable && self.wrote) {
+            self.wrote = false;
+            self.last_ticket += 1;
+            self.awaiting.push_back((self.last_ticket, held));
+            return Ok(Some(self.last_ticket));
+        }
+        // Nothing here needs a flush; keep the order behind what waits for one.
+        match self.awaiting.back_mut() {
+            Some((_, waiting)) => waiting.extend(held),
+            None => self.ready.extend(held),
+        }
+        Ok(None)
+    }
+
+    /// A flush that began after [`Engine::prepare_commit`] returned `ticket` has completed:
+    /// releases what that commit, and every earlier one, held back.
+    pub fn committed(&mut self, ticket: u64) {
+        while self.awaiting.front().is_some_and(|(t, _)| *t <= ticket) {
+            if let Some((_, outputs)) = self.awaiting.pop_front() {
+                self.ready.extend(outputs);
+            }
+        }
+    }
+
+    /// Applies a batch of store writes (deferred: durable at the next commit).
+    fn write(&mut self, ops: Vec<Op>) -> Result<()> {
+        if ops.is_empty() {
             return Ok(());
         }
-        self.store.flush()?;
-        self.ready.extend(self.staged.drain(..));
+        self.store.apply_deferred(ops)?;
+        self.wrote = true;
         Ok(())
     }
 
@@ -454,8 +544,7 @@ impl Engine {
     pub fn poll_timeout(&self) -> Option<u64> {
         let mut next: Option<u64> = None;
         for (peer, queue) in &self.outbox.queues {
-            let inflight = self.peers.get(peer).map_or(0, |p| p.inflight);
-            if !self.reachable(peer) || inflight >= MAX_INFLIGHT_PER_PEER {
+            if !self.reachable(peer) || !self.has_room(peer) {
                 continue;
             }
             // Entries go out in order and everything due is sent at once while the window has
@@ -463,7 +552,7 @@ impl Engine {
             let soonest = queue
                 .values()
                 .filter(|e| !self.outbox.inflight.contains(&e.id))
-                .take(MAX_INFLIGHT_PER_PEER)
+                .take(MAX_BATCH_ITEMS)
                 .map(|e| e.next_attempt_ms)
                 .min();
             next = earliest(next, soonest);
@@ -515,6 +604,15 @@ impl Engine {
         let mut id = [0u8; 16];
         self.rng.fill_bytes(&mut id);
         id
+    }
+
+    /// Whether another request may go to `peer` now (see [`MAX_REORDER_ITEMS`]).
+    fn has_room(&self, peer: &str) -> bool {
+        self.peers.get(peer).is_some_and(|p| {
+            p.inflight == 0
+                || (p.inflight < MAX_INFLIGHT_REQUESTS_PER_PEER
+                    && p.inflight_items <= MAX_REORDER_ITEMS)
+        })
     }
 
     fn reachable(&self, peer: &str) -> bool {
@@ -586,20 +684,50 @@ impl Engine {
         Ok(card)
     }
 
-    /// Encrypts a payload for `peer` and seals it. The session must exist.
-    fn seal(
-        &mut self,
-        peer: &str,
-        payload: &Payload,
-        id: [u8; 16],
-        now_ms: u64,
-    ) -> Result<Vec<u8>> {
-        let bytes = payload.encode()?;
+    /// Whether the session with `peer` still sends pre-key messages (the peer has not
+    /// answered it), which travel sealed, one to a request.
+    fn needs_envelope(&self, peer: &str) -> bool {
+        !self
+            .sessions
+            .get(peer)
+            .is_some_and(|s| s.has_received_message())
+    }
+
+    /// Encrypts an encoded payload for `peer`. The session must exist.
+    fn encrypt(&mut self, peer: &str, plaintext: &[u8]) -> Result<Vec<u8>> {
         let session = self
             .session(peer)?
             .ok_or_else(|| EngineError::NotLinked(peer.to_string()))?;
-        let ratchet = session.encrypt(&bytes)?;
+        let ratchet = session.encrypt(plaintext)?;
         self.session_changed(peer);
+        Ok(ratchet)
+    }
+
+    /// One encoded payload as a request frame: sealed while the session needs it, else a batch
+    /// of one.
+    fn request_frame(
+        &mut self,
+        peer: &str,
+        plaintext: &[u8],
+        id: [u8; 16],
+        sent_at_ms: u64,
+    ) -> Result<Vec<u8>> {
+        self.session(peer)?;
+        if self.needs_envelope(peer) {
+            return self.seal(peer, plaintext, id, sent_at_ms);
+        }
+        let ratchet = self.encrypt(peer, plaintext)?;
+        Ok(Request::Batch(vec![DirectItem {
+            id,
+            sent_at_ms,
+            ratchet,
+        }])
+        .encode()?)
+    }
+
+    /// Encrypts an encoded payload for `peer` and seals it. The session must exist.
+    fn seal(&mut self, peer: &str, plaintext: &[u8], id: [u8; 16], now_ms: u64) -> Result<Vec<u8>> {
+        let ratchet = self.encrypt(peer, plaintext)?;
         let recipient = self
             .recipient_keys(peer)?
             .ok_or_else(|| EngineError::NotLinked(peer.to_string()))?;
@@ -647,7 +775,7 @@ impl Engine {
                 if c.peer_id.as_deref() != Some(peer.as_str()) {
                     c.peer_id = Some(peer.clone());
                     c.updated_at_ms = now_ms;
-                    self.store.apply_deferred(vec![Op::PutContact(c)])?;
+                    self.write(vec![Op::PutContact(c)])?;
                 }
                 self.peer_mut(&peer, now_ms).view.contact = Some(phone);
                 if self.reachable(&peer) {
@@ -707,17 +835,18 @@ impl Engine {
             state: DeliveryState::Queued,
         };
         conv.next_seq += 1;
+        conv.sent_n += 1;
         conv.last_activity_ms = now_ms;
-        // The envelope is sealed when the message is first sent (a session may not exist yet).
+        // Encrypted when it goes out (a session may not exist yet), afresh at every attempt.
         let entry = OutboxEntry {
             id,
             peer_id: peer.clone(),
-            envelope: Vec::new(),
+            payload: OutboxPayload::Text { n: conv.sent_n },
             attempts: 0,
             next_attempt_ms: now_ms,
         };
         let order = msg.seq + 1;
-        self.store.apply_deferred(vec![
+        self.write(vec![
             Op::PutMessage(msg),
             Op::PutConversation(conv),
             Op::PutOutbox(entry.clone()),
@@ -776,8 +905,9 @@ impl Engine {
         if self.session(peer)?.is_none() {
             let s = Session::outbound(&self.device, &card, now_ms)?;
             self.sessions.insert(peer.to_string(), s);
+            self.session_changed(peer);
         }
-        self.store.apply_deferred(std::mem::take(&mut ops))?;
+        self.write(std::mem::take(&mut ops))?;
         let mine = self.my_card(now_ms)?;
         self.queue_ephemeral(
             peer,
@@ -807,22 +937,18 @@ impl Engine {
         self.pump_outbox(Some(peer), now_ms)
     }
 
-    /// Seals a payload that is not a stored message (accept, receipt) into the outbox, so it is
+    /// Queues a payload that is not a stored message (accept, receipt) in the outbox, so it is
     /// retried until acknowledged.
     fn queue_ephemeral(&mut self, peer: &str, payload: &Payload, now_ms: u64) -> Result<()> {
         let id = self.random_id();
-        let frame = self.seal(peer, payload, id, now_ms)?;
         let entry = OutboxEntry {
             id,
             peer_id: peer.to_string(),
-            envelope: frame,
+            payload: OutboxPayload::Payload(payload.encode()?),
             attempts: 0,
             next_attempt_ms: now_ms,
         };
-        let mut ops = Vec::new();
-        self.session_changed(peer);
-        ops.push(Op::PutOutbox(entry.clone()));
-        self.store.apply_deferred(ops)?;
+        self.write(vec![Op::PutOutbox(entry.clone())])?;
         self.outbox.insert(0, entry);
         self.pump_outbox(Some(peer), now_ms)
     }
@@ -845,7 +971,7 @@ impl Engine {
         }
         conv.unread = 0;
         ops.push(Op::PutConversation(conv));
-        self.store.apply_deferred(ops)?;
+        self.write(ops)?;
         let privacy = self.store.settings()?.privacy;
         // Receipts go to contacts unless the user turned them off.
         if privacy.receipts != Visibility::Nobody && !self.is_blocked(contact) {
@@ -865,7 +991,7 @@ impl Engine {
     }
 
     /// Sends what the outbox holds for `only` (or every reachable peer) that is due, in order,
-    /// within the in-flight window.
+    /// as many to a request as fit, within the in-flight window.
     fn pump_outbox(&mut self, only: Option<&str>, now_ms: u64) -> Result<()> {
         let peers: Vec<String> = match only {
             Some(p) => vec![p.to_string()],
@@ -875,19 +1001,19 @@ impl Engine {
             if !self.reachable(&peer) {
                 continue;
             }
-            let room = MAX_INFLIGHT_PER_PEER
-                .saturating_sub(self.peers.get(&peer).map_or(0, |p| p.inflight));
-            let Some(queue) = self.outbox.queues.get(&peer) else {
-                continue;
-            };
-            let due: Vec<[u8; 16]> = queue
-                .values()
-                .filter(|e| e.next_attempt_ms <= now_ms && !self.outbox.inflight.contains(&e.id))
-                .take(room)
-                .map(|e| e.id)
-                .collect();
-            for id in due {
-                if !self.send_entry(&peer, id, now_ms)? {
+            while self.has_room(&peer) {
+                let Some(queue) = self.outbox.queues.get(&peer) else {
+                    break;
+                };
+                let due: Vec<[u8; 16]> = queue
+                    .values()
+                    .filter(|e| {
+                        e.next_attempt_ms <= now_ms && !self.outbox.inflight.contains(&e.id)
+                    })
+                    .take(MAX_BATCH_ITEMS)
+                    .map(|e| e.id)
+                    .collect();
+                if due.is_empty() || !self.send_due(&peer, &due, now_ms)? {
                     break;
                 }
             }
@@ -905,71 +1031,117 @@ impl Engine {
         }
     }
 
-    /// Sends one outbox entry, sealing a queued text first. False if it has to wait (the
-    /// contact is not linked yet), and so do the entries after it.
-    fn send_entry(&mut self, peer: &str, id: [u8; 16], now_ms: u64) -> Result<bool> {
-        let Some(e) = self.outbox.get_mut(&id) else {
+    /// Sends the first of the `due` entries, and as many after it as fit in one batch. False
+    /// if they have to wait (the contact is not linked yet).
+    fn send_due(&mut self, peer: &str, due: &[[u8; 16]], now_ms: u64) -> Result<bool> {
+        // A frame sealed under an older schema goes alone, as it is.
+        if let Some(OutboxPayload::Sealed(frame)) = self.outbox.get(&due[0]).map(|e| &e.payload) {
+            let frame = frame.clone();
+            self.send_request(peer, frame, vec![due[0]])?;
             return Ok(true);
-        };
-        if e.envelope.is_empty() {
-            // A text queued before it could be sealed.
-            let Some(msg) = self.store.message(&id)? else {
-                self.outbox.remove(&id);
-                self.store.apply_deferred(vec![Op::RemoveOutbox(id)])?;
-                return Ok(true);
-            };
-            if self.session(peer)?.is_none() || self.recipient_keys(peer)?.is_none() {
-                // Not linked yet: ask, and keep the message queued.
-                let asked = self.peers.get(peer).is_some_and(|p| p.requested);
-                if !asked && self.peers.get(peer).is_some_and(|p| p.view.connected) {
-                    self.send_contact_request(peer, now_ms)?;
-                }
-                // The link (or a reconnection) makes it due again; until then no timer.
-                if let Some(e) = self.outbox.get_mut(&id) {
+        }
+        // Linked: a session, and the contact's card (decoded only when sealing, since decoding
+        // its keys costs curve arithmetic).
+        let carded = self.contact_by_peer(peer).is_some_and(|c| c.card.is_some());
+        if self.session(peer)?.is_none() || !carded {
+            // Not linked yet: ask, and keep the messages queued.
+            let asked = self.peers.get(peer).is_some_and(|p| p.requested);
+            if !asked && self.peers.get(peer).is_some_and(|p| p.view.connected) {
+                self.send_contact_request(peer, now_ms)?;
+            }
+            // The link (or a reconnection) makes them due again; until then no timer.
+            for id in due {
+                if let Some(e) = self.outbox.get_mut(id) {
                     e.next_attempt_ms = now_ms + RETRY_MAX_MS;
                 }
-                return Ok(false);
             }
-            let mut conv = self
-                .store
-                .conversation(&msg.peer)?
-                .unwrap_or(ConversationRecord {
-                    peer: msg.peer.clone(),
-                    ..ConversationRecord::default()
-                });
-            conv.sent_n += 1;
-            let payload = Payload::Text {
-                text: msg.text,
-                n: conv.sent_n,
-            };
-            let envelope = self.seal(peer, &payload, id, now_ms)?;
-            let mut ops = vec![Op::PutConversation(conv)];
-            self.session_changed(peer);
-            let Some(e) = self.outbox.get_mut(&id) else {
-                return Ok(true);
-            };
-            e.envelope = envelope;
-            ops.push(Op::PutOutbox(e.clone()));
-            self.store.apply_deferred(ops)?;
+            return Ok(false);
         }
-        let Some(e) = self.outbox.get_mut(&id) else {
-            return Ok(true);
-        };
-        let frame = e.envelope.clone();
-        self.outbox.inflight.insert(id);
+        let sealed = self.needs_envelope(peer);
+        let mut items = Vec::new();
+        let mut bytes = 2 + BATCH_OVERHEAD_BYTES;
+        let mut gone = Vec::new();
+        for &id in due {
+            let Some(e) = self.outbox.get(&id) else {
+                continue;
+            };
+            let (plaintext, sent_at_ms) = match &e.payload {
+                // Goes alone, next.
+                OutboxPayload::Sealed(_) => break,
+                OutboxPayload::Payload(p) => (p.clone(), now_ms),
+                OutboxPayload::Text { n } => {
+                    let n = *n;
+                    match self.store.message(&id)? {
+                        Some(m) => (Payload::Text { text: m.text, n }.encode()?, m.sent_at_ms),
+                        None => {
+                            gone.push(id);
+                            continue;
+                        }
+                    }
+                }
+            };
+            if sealed {
+                let frame = self.seal(peer, &plaintext, id, sent_at_ms)?;
+                self.forget(&gone)?;
+                self.send_request(peer, frame, vec![id])?;
+                return Ok(true);
+            }
+            let bound = plaintext.len() + RATCHET_OVERHEAD_BYTES + 32;
+            if !items.is_empty() && bytes + bound > MAX_FRAME_BYTES {
+                break;
+            }
+            let ratchet = self.encrypt(peer, &plaintext)?;
+            let item = DirectItem {
+                id,
+                sent_at_ms,
+                ratchet,
+            };
+            bytes += item.encoded_len_bound();
+            items.push(item);
+        }
+        self.forget(&gone)?;
+        if items.is_empty() {
+            return Ok(!gone.is_empty());
+        }
+        let ids = items.iter().map(|i| i.id).collect();
+        let frame = Request::Batch(items).encode()?;
+        self.send_request(peer, frame, ids)?;
+        Ok(true)
+    }
+
+    /// Drops outbox entries whose message is gone.
+    fn forget(&mut self, ids: &[[u8; 16]]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        for id in ids {
+            self.outbox.remove(id);
+        }
+        self.write(ids.iter().map(|id| Op::RemoveOutbox(*id)).collect())?;
+        Ok(())
+    }
+
+    /// Stages a request carrying outbox entries `ids`; they are sent when it goes out.
+    fn send_request(&mut self, peer: &str, frame: Vec<u8>, ids: Vec<[u8; 16]>) -> Result<()> {
         let tag = self.tag();
-        self.pending
-            .insert(tag, (peer.to_string(), Pending::Envelope { id }));
+        for id in &ids {
+            self.outbox.inflight.insert(*id);
+        }
         if let Some(p) = self.peers.get_mut(peer) {
             p.inflight += 1;
+            p.inflight_items += ids.len();
         }
         self.staged.push(Output::Request {
             peer: peer.to_string(),
             tag,
             frame,
         });
-        self.set_state(&id, DeliveryState::Sent)?;
-        Ok(true)
+        for id in &ids {
+            self.set_state(id, DeliveryState::Sent)?;
+        }
+        self.pending
+            .insert(tag, (peer.to_string(), Pending::Items { ids }));
+        Ok(())
     }
 
     /// Moves an outgoing message forward to `state` (never backwards).
@@ -978,7 +1150,7 @@ impl Engine {
             if m.direction == Direction::Outgoing && m.state < state {
                 m.state = state;
                 let to = m.peer.clone();
-                self.store.apply_deferred(vec![Op::PutMessage(m)])?;
+                self.write(vec![Op::PutMessage(m)])?;
                 self.event(Event::StateChanged {
                     to,
                     id: hex(id),
@@ -1060,7 +1232,8 @@ impl Engine {
                 self.send_contact_request(peer, now_ms)?;
             } else if privacy.online != Visibility::Nobody && !self.is_blocked(&c.phone) {
                 let id = self.random_id();
-                match self.seal(peer, &Payload::Presence { online: true }, id, now_ms) {
+                let presence = Payload::Presence { online: true }.encode()?;
+                match self.request_frame(peer, &presence, id, now_ms) {
                     Ok(frame) => {
                         let tag = self.tag();
                         self.pending
@@ -1098,6 +1271,12 @@ impl Engine {
 
     fn bad_frame(&mut self, peer: &str, channel: u64, now_ms: u64) -> Result<()> {
         self.respond(channel, Response::Malformed)?;
+        self.count_bad(peer, now_ms);
+        Ok(())
+    }
+
+    /// Counts a malformed frame (or item) from `peer`; too many within the window disconnect it.
+    fn count_bad(&mut self, peer: &str, now_ms: u64) {
         let p = self.peer_mut(peer, now_ms);
         if p.bad_frames == 0 || now_ms.saturating_sub(p.bad_since_ms) >= BAD_FRAME_WINDOW_MS {
             p.bad_frames = 0;
@@ -1113,7 +1292,6 @@ impl Engine {
                 peer: peer.to_string(),
             });
         }
-        Ok(())
     }
 
     fn on_request(&mut self, peer: &str, frame: &[u8], channel: u64, now_ms: u64) -> Result<()> {
@@ -1146,6 +1324,7 @@ impl Engine {
                 self.on_contact_request(peer, card, channel, now_ms)
             }
             Request::Envelope(env) => self.on_envelope(peer, &env, channel, now_ms),
+            Request::Batch(items) => self.on_batch(peer, items, channel, now_ms),
         }
     }
 
@@ -1201,12 +1380,11 @@ impl Engine {
             && (known.len() < MAX_CONTACT_REQUESTS || known.iter().any(|r| r.peer_id == peer))
         {
             let fresh = !known.iter().any(|r| r.peer_id == peer);
-            self.store
-                .apply_deferred(vec![Op::PutContactRequest(ContactRequestRecord {
-                    peer_id: peer.to_string(),
-                    card,
-                    received_at_ms: now_ms,
-                })])?;
+            self.write(vec![Op::PutContactRequest(ContactRequestRecord {
+                peer_id: peer.to_string(),
+                card,
+                received_at_ms: now_ms,
+            })])?;
             if fresh {
                 self.event(Event::ContactRequest {
                     peer: peer.to_string(),
@@ -1275,12 +1453,104 @@ impl Engine {
         } else {
             return self.respond(channel, Response::NotNow);
         };
+        self.session_changed(peer);
         let payload = match Payload::decode(&plaintext) {
             Ok(p) => p,
             Err(_) => return self.bad_frame(peer, channel, now_ms),
         };
+        let sender = opened.sender.identity;
+        if !self.take_payload(
+            peer,
+            &contact,
+            sender,
+            id,
+            opened.timestamp_ms,
+            payload,
+            now_ms,
+        )? {
+            return self.bad_frame(peer, channel, now_ms);
+        }
+        self.respond(channel, Response::Ack(id))
+    }
+
+    /// Ratchet messages of an established session, from the peer the connection authenticates.
+    /// Each stored one is acknowledged; the others stay with the sender.
+    fn on_batch(
+        &mut self,
+        peer: &str,
+        items: Vec<DirectItem>,
+        channel: u64,
+        now_ms: u64,
+    ) -> Result<()> {
+        let Some(contact) = self.contact_by_peer(peer) else {
+            return self.respond(channel, Response::Acks(Vec::new()));
+        };
+        if self.is_blocked(&contact.phone) || self.session(peer)?.is_none() {
+            return self.respond(channel, Response::Acks(Vec::new()));
+        }
+        let mut acked = Vec::with_capacity(items.len());
+        let mut undecryptable = 0usize;
+        for item in items {
+            // Dedupe before decrypting: a retry of something stored must not touch the ratchet.
+            if self.store.message(&item.id)?.is_some() || self.store.seen(&item.id)? {
+                acked.push(item.id);
+                continue;
+            }
+            let Some(s) = self.sessions.get_mut(peer) else {
+                break;
+            };
+            let sender = s.peer_identity();
+            let plaintext = match s.decrypt(&item.ratchet) {
+                Ok(p) => p,
+                Err(_) => {
+                    undecryptable += 1;
+                    continue;
+                }
+            };
+            self.session_changed(peer);
+            let taken = match Payload::decode(&plaintext) {
+                Ok(payload) => self.take_payload(
+                    peer,
+                    &contact,
+                    sender,
+                    item.id,
+                    item.sent_at_ms,
+                    payload,
+                    now_ms,
+                )?,
+                Err(_) => false,
+            };
+            if taken {
+                acked.push(item.id);
+            } else {
+                self.count_bad(peer, now_ms);
+            }
+        }
+        if undecryptable > 0 {
+            // The connection authenticates the sender: not an attack on us, and a retry is
+            // encrypted afresh.
+            self.problem(format!(
+                "{undecryptable} message(s) from {} could not be decrypted; they stay with the sender",
+                contact.phone
+            ));
+        }
+        self.respond(channel, Response::Acks(acked))
+    }
+
+    /// Stores and shows a decrypted payload from `peer` (the contact `contact`, whose identity
+    /// `sender` the transport or the envelope authenticated). False if it is malformed.
+    #[allow(clippy::too_many_arguments)]
+    fn take_payload(
+        &mut self,
+        peer: &str,
+        contact: &ContactRecord,
+        sender: IdentityKey,
+        id: [u8; 16],
+        sent_at_ms: u64,
+        payload: Payload,
+        now_ms: u64,
+    ) -> Result<bool> {
         let mut ops = Vec::new();
-        self.session_changed(peer);
         match payload {
             Payload::Text { text, n } => {
                 let message = MessageRecord {
@@ -1289,7 +1559,7 @@ impl Engine {
                     seq: 0,
                     direction: Direction::Incoming,
                     text,
-                    sent_at_ms: opened.timestamp_ms,
+                    sent_at_ms,
                     stored_at_ms: now_ms,
                     state: DeliveryState::Delivered,
                 };
@@ -1297,7 +1567,7 @@ impl Engine {
             }
             Payload::Read { ids } => {
                 ops.push(Op::MarkSeen(id));
-                self.store.apply_deferred(ops)?;
+                self.write(ops)?;
                 for m in ids {
                     if self
                         .store
@@ -1310,7 +1580,7 @@ impl Engine {
             }
             Payload::Presence { online } => {
                 ops.push(Op::MarkSeen(id));
-                self.store.apply_deferred(ops)?;
+                self.write(ops)?;
                 let p = self.peer_mut(peer, now_ms);
                 if online || p.view.online {
                     p.view.last_online_ms = Some(now_ms);
@@ -1325,8 +1595,8 @@ impl Engine {
             }
             Payload::ContactAccept { card } => {
                 let parsed = match ContactCard::from_bytes(&card, now_ms) {
-                    Ok(c) if c.identity() == opened.sender.identity => c,
-                    _ => return self.bad_frame(peer, channel, now_ms),
+                    Ok(c) if c.identity() == sender => c,
+                    _ => return Ok(false),
                 };
                 let mut c = contact.clone();
                 c.identity_key = Some(parsed.identity().to_bytes());
@@ -1338,11 +1608,11 @@ impl Engine {
                 ops.push(Op::PutContact(c));
                 ops.push(Op::MarkSeen(id));
                 ops.push(Op::RemoveContactRequest(peer.to_string()));
-                self.store.apply_deferred(ops)?;
+                self.write(ops)?;
                 self.on_linked(peer, contact.phone.clone(), now_ms)?;
             }
         }
-        self.respond(channel, Response::Ack(id))
+        Ok(true)
     }
 
     /// Shows a received text in the order its sender sent it: the next one in line at once
@@ -1370,7 +1640,7 @@ impl Engine {
                 n,
                 message: message.clone(),
             }));
-            self.store.apply_deferred(ops)?;
+            self.write(ops)?;
             self.held
                 .by_conversation
                 .entry(phone)
@@ -1382,7 +1652,7 @@ impl Engine {
         conv.shown_n = conv.shown_n.max(n);
         self.show_incoming(&mut conv, message, &mut ops, now_ms);
         ops.push(Op::PutConversation(conv));
-        self.store.apply_deferred(ops)?;
+        self.write(ops)?;
         self.release_held(&phone, give_up, now_ms)
     }
 
@@ -1418,7 +1688,7 @@ impl Engine {
         }
         if !ops.is_empty() {
             ops.push(Op::PutConversation(conv));
-            self.store.apply_deferred(ops)?;
+            self.write(ops)?;
         }
         Ok(())
     }
@@ -1448,31 +1718,34 @@ impl Engine {
         let Some((_, what)) = self.pending.remove(&tag) else {
             return Ok(());
         };
-        if let Pending::Envelope { id } = what {
-            self.outbox.inflight.remove(&id);
-            if let Some(p) = self.peers.get_mut(peer) {
-                p.inflight = p.inflight.saturating_sub(1);
-            }
-        }
         let resp = match Response::decode(frame) {
-            Ok(r) => r,
+            Ok(r) => Some(r),
             Err(ProtoError::UnsupportedVersion(v)) => {
                 self.event(Event::UnsupportedVersion {
                     peer: peer.to_string(),
                     version: v,
                 });
-                return self.retry_later(what, now_ms);
+                None
             }
-            Err(_) => return self.retry_later(what, now_ms),
+            Err(_) => None,
         };
         match (what, resp) {
-            (Pending::Envelope { id }, Response::Ack(acked)) if acked == id => {
-                self.outbox.remove(&id);
-                self.store.apply_deferred(vec![Op::RemoveOutbox(id)])?;
-                self.set_state(&id, DeliveryState::Delivered)?;
-                self.pump_outbox(Some(peer), now_ms)?;
+            (Pending::Items { ids }, resp) => {
+                let acked: HashSet<[u8; 16]> = match resp {
+                    Some(Response::Ack(id)) => HashSet::from([id]),
+                    Some(Response::Acks(ids)) => ids.into_iter().collect(),
+                    Some(Response::UnsupportedVersion { supported }) => {
+                        self.event(Event::UnsupportedVersion {
+                            peer: peer.to_string(),
+                            version: supported,
+                        });
+                        HashSet::new()
+                    }
+                    _ => HashSet::new(),
+                };
+                self.settle(peer, ids, &acked, now_ms)?;
             }
-            (Pending::Profile, Response::Profile(reply)) => {
+            (Pending::Profile, Some(Response::Profile(reply))) => {
                 let view = ProfileView {
                     phone: reply.phone,
                     name: reply.name,
@@ -1486,14 +1759,6 @@ impl Engine {
                 });
             }
             (Pending::ContactRequest, _) | (Pending::Ephemeral, _) | (Pending::Profile, _) => {}
-            (what @ Pending::Envelope { .. }, Response::UnsupportedVersion { supported }) => {
-                self.event(Event::UnsupportedVersion {
-                    peer: peer.to_string(),
-                    version: supported,
-                });
-                self.retry_later(what, now_ms)?;
-            }
-            (what, _) => self.retry_later(what, now_ms)?,
         }
         Ok(())
     }
@@ -1502,30 +1767,50 @@ impl Engine {
         let Some((_, what)) = self.pending.remove(&tag) else {
             return Ok(());
         };
-        if let Pending::Envelope { id } = what {
-            self.outbox.inflight.remove(&id);
-            if let Some(p) = self.peers.get_mut(peer) {
-                p.inflight = p.inflight.saturating_sub(1);
-            }
+        if let Pending::Items { ids } = what {
+            self.settle(peer, ids, &HashSet::new(), now_ms)?;
         }
-        self.retry_later(what, now_ms)
+        Ok(())
     }
 
-    /// Backs off an envelope: exponential with jitter from the injected RNG.
-    fn retry_later(&mut self, what: Pending, now_ms: u64) -> Result<()> {
-        let Pending::Envelope { id } = what else {
-            return Ok(());
-        };
+    /// A request carrying outbox entries `ids` is answered: the `acked` ones are delivered, the
+    /// others wait for a retry. Then whatever is due goes out.
+    fn settle(
+        &mut self,
+        peer: &str,
+        ids: Vec<[u8; 16]>,
+        acked: &HashSet<[u8; 16]>,
+        now_ms: u64,
+    ) -> Result<()> {
+        if let Some(p) = self.peers.get_mut(peer) {
+            p.inflight = p.inflight.saturating_sub(1);
+            p.inflight_items = p.inflight_items.saturating_sub(ids.len());
+        }
+        let mut ops = Vec::new();
+        for id in ids {
+            self.outbox.inflight.remove(&id);
+            if acked.contains(&id) {
+                if self.outbox.remove(&id).is_some() {
+                    ops.push(Op::RemoveOutbox(id));
+                }
+                self.set_state(&id, DeliveryState::Delivered)?;
+            } else if let Some(e) = self.retry_later(&id, now_ms) {
+                ops.push(Op::PutOutbox(e));
+            }
+        }
+        self.write(ops)?;
+        self.pump_outbox(Some(peer), now_ms)
+    }
+
+    /// Backs off an outbox entry: exponential with jitter from the injected RNG. Returns the
+    /// entry to store.
+    fn retry_later(&mut self, id: &[u8; 16], now_ms: u64) -> Option<OutboxEntry> {
         let r = self.rng.next_u64();
-        let Some(e) = self.outbox.get_mut(&id) else {
-            return Ok(());
-        };
+        let e = self.outbox.get_mut(id)?;
         e.attempts = e.attempts.saturating_add(1);
         let exp = RETRY_BASE_MS.saturating_mul(1u64 << e.attempts.min(16));
         let delay = exp.min(RETRY_MAX_MS);
         e.next_attempt_ms = now_ms + delay + r % (delay / 4 + 1);
-        let e = e.clone();
-        self.store.apply_deferred(vec![Op::PutOutbox(e)])?;
-        Ok(())
+        Some(e.clone())
     }
 }

@@ -7,9 +7,11 @@ use std::sync::Arc;
 use instaconnect_core::book::Book;
 use instaconnect_core::engine::{
     Command, Engine, Event, Input, Output, GAP_TIMEOUT_MS, MAX_BAD_FRAMES,
+    MAX_INFLIGHT_REQUESTS_PER_PEER,
 };
 use instaconnect_core::phone::Phone;
 use instaconnect_store::{MemStore, Store};
+use instaconnect_wire::proto::MAX_BATCH_ITEMS;
 use instaconnect_wire::records::{DeliveryState, Direction, MessageRecord};
 
 struct Node {
@@ -38,6 +40,8 @@ struct Mesh {
     faults: HashMap<(usize, usize), VecDeque<Fault>>,
     /// Requests in flight: (from, to, tag, frame).
     wire: VecDeque<(usize, usize, u64, Vec<u8>)>,
+    /// Requests sent so far, per (from, to).
+    requests: HashMap<(usize, usize), usize>,
 }
 
 fn account(phone: &str, name: &str) -> Arc<dyn Store> {
@@ -67,6 +71,7 @@ impl Mesh {
             next_channel: 1,
             faults: HashMap::new(),
             wire: VecDeque::new(),
+            requests: HashMap::new(),
         }
     }
 
@@ -185,6 +190,7 @@ impl Mesh {
         match o {
             Output::Request { peer, tag, frame } => {
                 let to = self.index(&peer);
+                *self.requests.entry((i, to)).or_default() += 1;
                 self.wire.push_back((i, to, tag, frame));
             }
             Output::Respond { channel, frame } => {
@@ -320,6 +326,80 @@ fn linked_contacts_chat_both_ways_in_order_with_delivered_states() {
             .unwrap()
             .unread,
         3
+    );
+}
+
+/// Queues texts from `from` to `to` and releases the requests they make, without delivering
+/// anything.
+fn queue_texts(m: &mut Mesh, from: usize, to: usize, texts: &[String]) {
+    let phone = m.nodes[to].phone.clone();
+    let now = m.now;
+    for t in texts {
+        m.nodes[from]
+            .engine
+            .command(
+                now,
+                Command::Send {
+                    to: phone.clone(),
+                    text: t.clone(),
+                },
+            )
+            .unwrap();
+        m.nodes[from].engine.commit().unwrap();
+        while let Some(o) = m.nodes[from].engine.poll_output() {
+            m.route(from, o);
+        }
+    }
+}
+
+#[test]
+fn a_burst_goes_many_texts_to_a_request_and_arrives_complete_and_in_order() {
+    let mut m = Mesh::new(&[ASHA, RAVI]);
+    m.connect(0, 1);
+    m.befriend(0, 1);
+    let before = m.requests.get(&(0, 1)).copied().unwrap_or(0);
+    let burst: Vec<String> = (0..600).map(|i| format!("text {i}")).collect();
+    queue_texts(&mut m, 0, 1, &burst);
+    m.run();
+    let got = m.history(1, 0);
+    assert_eq!(
+        texts(&got),
+        burst.iter().map(String::as_str).collect::<Vec<_>>()
+    );
+    assert!(states(&m.history(0, 1))
+        .iter()
+        .all(|s| *s == DeliveryState::Delivered));
+    let requests = m.requests[&(0, 1)] - before;
+    // The first few go one by one while the rest are queued behind them; then full batches.
+    assert!(
+        requests <= MAX_INFLIGHT_REQUESTS_PER_PEER + 600usize.div_ceil(MAX_BATCH_ITEMS),
+        "600 texts took {requests} requests; they should share them"
+    );
+}
+
+#[test]
+fn requests_taken_in_reverse_order_still_decrypt_and_show_in_sent_order() {
+    let mut m = Mesh::new(&[ASHA, RAVI]);
+    m.connect(0, 1);
+    m.befriend(0, 1);
+    let sent: Vec<String> = (1..=12).map(|i| format!("t{i}")).collect();
+    // One at a time: each makes its own request, several are in flight at once.
+    queue_texts(&mut m, 0, 1, &sent);
+    assert!(m.wire.len() >= 2, "several requests in flight");
+    m.wire.make_contiguous().reverse();
+    m.run();
+    while m.history(1, 0).len() < sent.len() && m.advance() {}
+    assert_eq!(
+        texts(&m.history(1, 0)),
+        sent.iter().map(String::as_str).collect::<Vec<_>>()
+    );
+    assert!(
+        !m.nodes[1]
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::Problem { .. })),
+        "nothing failed to decrypt: {:?}",
+        m.nodes[1].events
     );
 }
 
@@ -775,4 +855,59 @@ fn sending_checks_its_input() {
         }
     ))
     .contains("too long"));
+}
+
+#[test]
+fn a_request_goes_before_the_flush_but_acks_and_events_wait_for_it() {
+    let mut m = Mesh::new(&[ASHA, RAVI]);
+    m.connect(0, 1);
+    m.befriend(0, 1);
+    let now = m.now;
+    m.nodes[0]
+        .engine
+        .command(
+            now,
+            Command::Send {
+                to: RAVI.0.into(),
+                text: "before the flush".into(),
+            },
+        )
+        .unwrap();
+    let sender_ticket = m.nodes[0].engine.prepare_commit(true).unwrap();
+    assert!(
+        sender_ticket.is_some(),
+        "the queued text is a write to flush"
+    );
+    let Some(Output::Request { frame, .. }) = m.nodes[0].engine.poll_output() else {
+        panic!("the request is released before the sender's flush");
+    };
+    let asha = m.id(0);
+    m.nodes[1].engine.handle_input(
+        now,
+        Input::Request {
+            peer: asha,
+            frame,
+            channel: 77,
+        },
+    );
+    let ticket = m.nodes[1].engine.prepare_commit(true).unwrap().unwrap();
+    assert!(
+        m.nodes[1].engine.poll_output().is_none(),
+        "no ack and no event before the receiver's flush"
+    );
+    m.nodes[1].engine.store().flush().unwrap();
+    m.nodes[1].engine.committed(ticket);
+    let mut acked = false;
+    let mut shown = false;
+    while let Some(o) = m.nodes[1].engine.poll_output() {
+        match o {
+            Output::Respond { channel: 77, .. } => acked = true,
+            Output::Event(Event::MessageReceived { text, .. }) => {
+                shown = text == "before the flush"
+            }
+            _ => {}
+        }
+    }
+    assert!(acked && shown, "released once committed");
+    assert_eq!(texts(&m.history(1, 0)), vec!["before the flush"]);
 }

@@ -1,11 +1,18 @@
 //! The loop that runs a sans-IO [`Engine`] on the network.
 //!
 //! It feeds the engine the network's events, the user's commands and timer ticks, each with
-//! the wall clock; after every batch of inputs it commits (one store flush for the batch) and
-//! carries out the outputs: requests and responses through [`NetHandle`], events to
-//! subscribers. This is the only place where the engine meets time and IO.
+//! the wall clock, and carries out the outputs: requests and responses through [`NetHandle`],
+//! events to subscribers. This is the only place where the engine meets time and IO.
+//!
+//! Group commit: after every batch of inputs the driver prepares a commit
+//! ([`Engine::prepare_commit`]), sends the requests it released at once, and flushes the store
+//! on a blocking thread while it goes on with the next inputs. When a flush completes, the
+//! responses (acks) and events it covers are released, and the commands it covers are answered.
+//! One flush runs at a time ([`MAX_CONCURRENT_FLUSHES`]); the next covers everything that came
+//! in the meantime, so flushes grow with the load instead of multiplying. Only acks and user
+//! commands need a flush (see [`Engine::prepare_commit`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use instaconnect_core::engine::{Command, Engine, Event, Input, Output, PeerView};
@@ -22,6 +29,9 @@ pub const USER_EVENT_CAPACITY: usize = 1024;
 pub const MAX_BATCH: usize = 256;
 /// Longest sleep when no retry is due, so presence and discovery stay fresh.
 pub const IDLE_TICK: Duration = Duration::from_secs(30);
+/// Store flushes running at once; a further commit waits for one of them (and so covers
+/// everything that came in the meantime: fewer, larger flushes under load).
+pub const MAX_CONCURRENT_FLUSHES: usize = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DriverError {
@@ -103,6 +113,11 @@ pub fn spawn(
         events,
         requests: HashMap::new(),
         inbound: HashMap::new(),
+        flushes: tokio::task::JoinSet::new(),
+        unflushed: None,
+        committed: 0,
+        replies: VecDeque::new(),
+        newest: 0,
     };
     let task = tokio::spawn(driver.run(net_events, rx, shutdown));
     (handle, task)
@@ -116,6 +131,16 @@ struct Driver {
     requests: HashMap<RequestId, u64>,
     /// Inbound requests waiting for the engine's answer, by channel number.
     inbound: HashMap<u64, InboundId>,
+    /// Store flushes running, each with the commit ticket it makes durable.
+    flushes: tokio::task::JoinSet<(u64, Result<(), String>)>,
+    /// The newest ticket prepared whose flush has not started (all flush slots were busy).
+    unflushed: Option<u64>,
+    /// Every ticket up to this one is durable.
+    committed: u64,
+    /// Commands answered once the ticket that covers them is durable, in ticket order.
+    replies: VecDeque<(u64, CommandReply, CommandResult)>,
+    /// The newest ticket handed out.
+    newest: u64,
 }
 
 impl Driver {
@@ -130,12 +155,17 @@ impl Driver {
                 Some(at) => Duration::from_millis(at.saturating_sub(now_ms())).min(IDLE_TICK),
                 None => IDLE_TICK,
             };
+            // Timer ticks also make the lazy writes (delivery states, backoff) durable.
+            let mut durable = false;
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => {
                     if *shutdown.borrow() {
                         break;
                     }
+                }
+                Some(done) = self.flushes.join_next(), if !self.flushes.is_empty() => {
+                    self.flushed(done);
                 }
                 ev = net_events.recv() => {
                     let Some(ev) = ev else { break };
@@ -150,8 +180,8 @@ impl Driver {
                 }
                 req = commands.recv() => {
                     let Some(req) = req else { break };
-                    // Commands waiting together share one commit (one flush), and each caller
-                    // hears back only once its command's effects are durable.
+                    // Commands waiting together share one commit, and each caller hears back
+                    // only once its command's effects are durable.
                     let mut replies = Vec::new();
                     self.request(req, &mut replies);
                     for _ in 1..MAX_BATCH {
@@ -160,21 +190,118 @@ impl Driver {
                             Err(_) => break,
                         }
                     }
-                    let committed = self.engine.commit().map_err(|e| e.to_string());
+                    self.commit(true).await;
+                    // Whatever the commands read or wrote is durable with the newest ticket.
+                    let ticket = self.newest;
                     for (reply, result) in replies {
-                        let _ = reply.send(match &committed {
-                            Ok(()) => result,
-                            Err(e) => Err(e.clone()),
-                        });
+                        self.replies.push_back((ticket, reply, result));
                     }
+                    self.answer();
                 }
                 _ = tokio::time::sleep(sleep) => {
                     self.engine.handle_timeout(now_ms());
+                    durable = true;
                 }
             }
-            self.flush().await;
+            self.commit(durable).await;
         }
-        self.flush().await;
+        // Let the running flushes end, then make everything durable and carry it out.
+        while let Some(done) = self.flushes.join_next().await {
+            self.flushed(done);
+        }
+        loop {
+            if let Err(e) = self.engine.commit() {
+                tracing::error!(error = %e, "store commit failed; outputs held back");
+                break;
+            }
+            let mut any = false;
+            while let Some(out) = self.engine.poll_output() {
+                any = true;
+                self.carry_out(out).await;
+            }
+            if !any {
+                break;
+            }
+        }
+        self.committed = u64::MAX;
+        self.answer();
+    }
+
+    /// Prepares a commit of what the inputs so far did, sends the requests it released, and
+    /// starts its flush (or leaves it for the next free slot). Repeats while carrying out the
+    /// outputs produces more.
+    async fn commit(&mut self, durable: bool) {
+        loop {
+            match self.engine.prepare_commit(durable) {
+                Ok(Some(ticket)) => {
+                    self.newest = ticket;
+                    self.unflushed = Some(ticket);
+                    self.start_flush();
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "store write failed; outputs held back");
+                    return;
+                }
+            }
+            let mut any = false;
+            while let Some(out) = self.engine.poll_output() {
+                any = true;
+                self.carry_out(out).await;
+            }
+            if !any {
+                return;
+            }
+        }
+    }
+
+    /// Starts the flush of the newest prepared ticket if a slot is free.
+    fn start_flush(&mut self) {
+        if self.flushes.len() >= MAX_CONCURRENT_FLUSHES {
+            return;
+        }
+        let Some(ticket) = self.unflushed.take() else {
+            return;
+        };
+        let store = self.engine.store().clone();
+        self.flushes
+            .spawn_blocking(move || (ticket, store.flush().map_err(|e| e.to_string())));
+    }
+
+    /// A flush ended: release what it covers, answer the commands it covers, and start the
+    /// next one.
+    fn flushed(&mut self, done: Result<(u64, Result<(), String>), tokio::task::JoinError>) {
+        match done {
+            Ok((ticket, Ok(()))) => {
+                self.engine.committed(ticket);
+                self.committed = self.committed.max(ticket);
+            }
+            Ok((ticket, Err(e))) => {
+                tracing::error!(error = %e, "store flush failed; outputs held back");
+                // The commands it covered are not durable: tell their callers.
+                while self.replies.front().is_some_and(|(t, _, _)| *t <= ticket) {
+                    if let Some((_, reply, _)) = self.replies.pop_front() {
+                        let _ = reply.send(Err(format!("cannot store: {e}")));
+                    }
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "store flush task failed"),
+        }
+        self.answer();
+        self.start_flush();
+    }
+
+    /// Answers the commands whose effects are durable.
+    fn answer(&mut self) {
+        while self
+            .replies
+            .front()
+            .is_some_and(|(t, _, _)| *t <= self.committed)
+        {
+            if let Some((_, reply, result)) = self.replies.pop_front() {
+                let _ = reply.send(result);
+            }
+        }
     }
 
     fn request(&mut self, req: Request, replies: &mut Vec<(CommandReply, CommandResult)>) {
@@ -240,24 +367,6 @@ impl Driver {
             | NetEvent::InboundFailed { .. } => return,
         };
         self.engine.handle_input(now, input);
-    }
-
-    /// Commits and carries out every released output, until the engine has nothing more.
-    async fn flush(&mut self) {
-        loop {
-            if let Err(e) = self.engine.commit() {
-                tracing::error!(error = %e, "store commit failed; outputs held back");
-                return;
-            }
-            let mut any = false;
-            while let Some(out) = self.engine.poll_output() {
-                any = true;
-                self.carry_out(out).await;
-            }
-            if !any {
-                return;
-            }
-        }
     }
 
     async fn carry_out(&mut self, out: Output) {

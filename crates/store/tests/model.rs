@@ -144,7 +144,7 @@ fn op() -> impl Strategy<Value = Op> {
         (0u8..6, 0u32..3).prop_map(|(id, attempts)| Op::PutOutbox(OutboxEntry {
             id: [id; 16],
             peer_id: "12D3KooWpeer".into(),
-            envelope: vec![id; 8],
+            payload: OutboxPayload::Payload(vec![id; 8]),
             attempts,
             next_attempt_ms: 9,
         })),
@@ -210,17 +210,29 @@ fn check_point_reads(s: &dyn Store, model: &MemStore) {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
     #[test]
-    fn sled_store_matches_model(batches in proptest::collection::vec(proptest::collection::vec(op(), 0..5), 1..12)) {
+    fn sled_store_matches_model(
+        batches in proptest::collection::vec(
+            (proptest::collection::vec(op(), 0..5), any::<bool>()),
+            1..12,
+        )
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let model = MemStore::new();
         {
             let sled = SledStore::open(dir.path()).unwrap();
-            for batch in &batches {
-                sled.apply(batch.clone()).unwrap();
+            // Deferred batches are read back from memory before they reach sled; flushed ones
+            // from sled.
+            for (batch, flush) in &batches {
+                if *flush {
+                    sled.apply(batch.clone()).unwrap();
+                } else {
+                    sled.apply_deferred(batch.clone()).unwrap();
+                }
                 model.apply(batch.clone()).unwrap();
                 prop_assert_eq!(snapshot(&sled), snapshot(&model));
                 check_point_reads(&sled, &model);
             }
+            sled.flush().unwrap();
         }
         // Everything applied survives a close and reopen.
         let reopened = SledStore::open(dir.path()).unwrap();
@@ -330,4 +342,90 @@ fn a_schema_1_database_is_migrated_without_losing_conversations() {
     assert_eq!((c.sent_n, c.shown_n), (0, 0));
     let linked = s.contact_by_peer("12D3KooWpeer").unwrap().unwrap();
     assert_eq!(linked.phone, "+919812340001");
+}
+
+#[test]
+fn a_schema_2_outbox_is_migrated_keeping_its_order_and_sealed_frames() {
+    #[derive(serde::Serialize)]
+    struct OutboxEntryV2 {
+        id: [u8; 16],
+        peer_id: String,
+        envelope: Vec<u8>,
+        attempts: u32,
+        next_attempt_ms: u64,
+    }
+    let phone = "+919812340001";
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = sled::open(dir.path()).unwrap();
+        db.insert(b"meta/schema", instaconnect_wire::encode(&2u32).unwrap())
+            .unwrap();
+        let conv = ConversationRecord {
+            peer: phone.into(),
+            next_seq: 3,
+            sent_n: 4,
+            ..ConversationRecord::default()
+        };
+        db.insert(
+            format!("conv/{phone}"),
+            instaconnect_wire::encode(&conv).unwrap(),
+        )
+        .unwrap();
+        // Two queued texts (seq 2 before seq 1 in key order of their ids), one sealed receipt.
+        for (id, seq) in [([9u8; 16], 1u64), ([1u8; 16], 2u64)] {
+            let m = MessageRecord {
+                id,
+                peer: phone.into(),
+                seq,
+                direction: Direction::Outgoing,
+                text: format!("text {seq}"),
+                sent_at_ms: 1,
+                stored_at_ms: 1,
+                state: DeliveryState::Queued,
+            };
+            let mut k = format!("msg/{phone}/").into_bytes();
+            k.extend_from_slice(&seq.to_be_bytes());
+            let mut ik = b"msgid/".to_vec();
+            ik.extend_from_slice(&id);
+            db.insert(&ik, k.clone()).unwrap();
+            db.insert(k, instaconnect_wire::encode(&m).unwrap())
+                .unwrap();
+        }
+        for (id, envelope) in [
+            ([9u8; 16], vec![]),
+            ([1u8; 16], vec![]),
+            ([5u8; 16], vec![7u8; 40]),
+        ] {
+            let e = OutboxEntryV2 {
+                id,
+                peer_id: "12D3KooWpeer".into(),
+                envelope,
+                attempts: 2,
+                next_attempt_ms: 77,
+            };
+            let mut k = b"outbox/".to_vec();
+            k.extend_from_slice(&id);
+            db.insert(k, instaconnect_wire::encode(&e).unwrap())
+                .unwrap();
+        }
+        db.flush().unwrap();
+    }
+    let s = SledStore::open(dir.path()).unwrap();
+    assert_eq!(s.schema_version().unwrap(), 3);
+    let by_id = |id: [u8; 16]| {
+        s.outbox()
+            .unwrap()
+            .into_iter()
+            .find(|e| e.id == id)
+            .unwrap()
+    };
+    // Numbered after the 4 already given out, in the conversation's order.
+    assert_eq!(by_id([9; 16]).payload, OutboxPayload::Text { n: 5 });
+    assert_eq!(by_id([1; 16]).payload, OutboxPayload::Text { n: 6 });
+    assert_eq!(by_id([5; 16]).payload, OutboxPayload::Sealed(vec![7; 40]));
+    assert_eq!(
+        (by_id([1; 16]).attempts, by_id([1; 16]).next_attempt_ms),
+        (2, 77)
+    );
+    assert_eq!(s.conversation(phone).unwrap().unwrap().sent_n, 6);
 }

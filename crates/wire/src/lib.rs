@@ -16,7 +16,7 @@ pub use codec::{decode, decode_with_limit, encode, WireError, MAX_RECORD_BYTES};
 pub use secret::SecretBytes;
 
 /// Version of the on-disk schema written by this build. The store refuses newer databases.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// Version of the peer-to-peer protocol spoken by this build.
 pub const PROTOCOL_VERSION: u16 = 1;

@@ -3,9 +3,12 @@
 //! Every request and response starts with the protocol version (a postcard varint `u16`), so a
 //! peer speaking another version is recognised before its body is parsed and answered with
 //! [`Response::UnsupportedVersion`]; it is an event, never a crash. Frames are at most
-//! [`MAX_FRAME_BYTES`], checked before decoding. The end-to-end encrypted content travels
-//! inside [`Request::Envelope`]: a sealed envelope (see PROTOCOL.md) whose ratchet message
-//! decrypts to a [`Payload`].
+//! [`MAX_FRAME_BYTES`], checked before decoding. The end-to-end encrypted content is a ratchet
+//! message that decrypts to a [`Payload`]. Once a session is established (the peer has answered
+//! it), ratchet messages travel in a [`Request::Batch`]: the libp2p connection authenticates
+//! the sender, the ratchet the content. A session's first messages (pre-key messages, which
+//! can start a session at a peer that does not know our keys yet) travel in a sealed
+//! [`Request::Envelope`] (see PROTOCOL.md), which names the sender's keys.
 
 use serde::{Deserialize, Serialize};
 
@@ -18,6 +21,8 @@ pub const MAX_FRAME_BYTES: usize = 256 * 1024;
 pub const MAX_TEXT_BYTES: usize = 16 * 1024;
 /// Most message ids in one receipt.
 pub const MAX_RECEIPT_IDS: usize = 256;
+/// Most ratchet messages in one [`Request::Batch`].
+pub const MAX_BATCH_ITEMS: usize = 256;
 /// The libp2p protocol name.
 pub const MSG_PROTOCOL: &str = "/instaconnect/msg/1";
 
@@ -28,6 +33,9 @@ pub type MsgId = [u8; 16];
 pub enum Request {
     /// A sealed envelope (crypto) whose ratchet message decrypts to a [`Payload`].
     Envelope(#[serde(with = "crate::secret::serde_bytes_compat")] Vec<u8>),
+    /// Ratchet messages of an established session, in the order they were encrypted; answered
+    /// with [`Response::Acks`].
+    Batch(Vec<DirectItem>),
     /// Ask for the profile fields the responder's privacy settings show the requester.
     Profile,
     /// Ask to become contacts: the requester's signed contact card (crypto encoding).
@@ -41,6 +49,9 @@ pub enum Request {
 pub enum Response {
     /// The envelope with this message id is stored durably on the recipient's device.
     Ack(MsgId),
+    /// The items of a [`Request::Batch`] stored durably on the recipient's device; the others
+    /// were not taken now and stay with the sender.
+    Acks(Vec<MsgId>),
     /// The profile fields the responder lets the requester see (`None`: not shown).
     Profile(ProfileReply),
     /// The contact request is stored; the user will accept or ignore it.
@@ -53,6 +64,26 @@ pub enum Response {
     /// The responder speaks another protocol version.
     UnsupportedVersion { supported: u16 },
 }
+
+/// One message of a [`Request::Batch`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirectItem {
+    pub id: MsgId,
+    pub sent_at_ms: u64,
+    /// The ratchet message (crypto encoding) that decrypts to a [`Payload`].
+    #[serde(with = "crate::secret::serde_bytes_compat")]
+    pub ratchet: Vec<u8>,
+}
+
+impl DirectItem {
+    /// Bytes this item adds to an encoded batch, at most (for filling a frame up to its limit).
+    pub fn encoded_len_bound(&self) -> usize {
+        16 + 10 + 5 + self.ratchet.len()
+    }
+}
+
+/// Bytes of a batch frame before its items, at most.
+pub const BATCH_OVERHEAD_BYTES: usize = 16;
 
 #[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct ProfileReply {
@@ -133,10 +164,16 @@ impl Request {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Request, ProtoError> {
-        Ok(decode_with_limit(
-            split_version(bytes, MAX_FRAME_BYTES)?,
-            MAX_FRAME_BYTES,
-        )?)
+        let r: Request =
+            decode_with_limit(split_version(bytes, MAX_FRAME_BYTES)?, MAX_FRAME_BYTES)?;
+        match &r {
+            Request::Batch(items) if items.len() > MAX_BATCH_ITEMS => Err(ProtoError::TooLarge {
+                what: "batch",
+                len: items.len(),
+                max: MAX_BATCH_ITEMS,
+            }),
+            _ => Ok(r),
+        }
     }
 }
 
@@ -146,10 +183,16 @@ impl Response {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Response, ProtoError> {
-        Ok(decode_with_limit(
-            split_version(bytes, MAX_FRAME_BYTES)?,
-            MAX_FRAME_BYTES,
-        )?)
+        let r: Response =
+            decode_with_limit(split_version(bytes, MAX_FRAME_BYTES)?, MAX_FRAME_BYTES)?;
+        match &r {
+            Response::Acks(ids) if ids.len() > MAX_BATCH_ITEMS => Err(ProtoError::TooLarge {
+                what: "acks",
+                len: ids.len(),
+                max: MAX_BATCH_ITEMS,
+            }),
+            _ => Ok(r),
+        }
     }
 }
 
@@ -223,6 +266,48 @@ mod tests {
         assert!(matches!(
             Payload::decode(&p.encode().unwrap()),
             Err(ProtoError::TooLarge { what: "text", .. })
+        ));
+    }
+
+    #[test]
+    fn a_full_batch_fits_its_frame_bound() {
+        let items: Vec<DirectItem> = (0..MAX_BATCH_ITEMS)
+            .map(|i| DirectItem {
+                id: [i as u8; 16],
+                sent_at_ms: u64::MAX,
+                ratchet: vec![0xab; 700 + i],
+            })
+            .collect();
+        let bound: usize = BATCH_OVERHEAD_BYTES
+            + items
+                .iter()
+                .map(DirectItem::encoded_len_bound)
+                .sum::<usize>();
+        let frame = Request::Batch(items.clone()).encode().unwrap();
+        assert!(frame.len() <= bound, "{} > {bound}", frame.len());
+        assert_eq!(Request::decode(&frame).unwrap(), Request::Batch(items));
+        let acks = Response::Acks(vec![[1; 16]; MAX_BATCH_ITEMS]);
+        assert_eq!(Response::decode(&acks.encode().unwrap()).unwrap(), acks);
+    }
+
+    #[test]
+    fn oversize_batches_are_refused() {
+        let item = DirectItem {
+            id: [0; 16],
+            sent_at_ms: 0,
+            ratchet: vec![1],
+        };
+        let frame = Request::Batch(vec![item; MAX_BATCH_ITEMS + 1])
+            .encode()
+            .unwrap();
+        assert!(matches!(
+            Request::decode(&frame),
+            Err(ProtoError::TooLarge { what: "batch", .. })
+        ));
+        let acks = Response::Acks(vec![[1; 16]; MAX_BATCH_ITEMS + 1]);
+        assert!(matches!(
+            Response::decode(&acks.encode().unwrap()),
+            Err(ProtoError::TooLarge { what: "acks", .. })
         ));
     }
 

@@ -252,15 +252,28 @@ pub struct HeldMessage {
     pub message: MessageRecord,
 }
 
-/// An envelope waiting for its end-to-end ack, retried with backoff.
+/// Something waiting for its end-to-end ack, retried with backoff. It is encrypted afresh at
+/// every attempt (never stored encrypted), so a retry always decrypts whatever happened to an
+/// earlier attempt.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutboxEntry {
     pub id: [u8; 16],
     pub peer_id: String,
-    #[serde(with = "serde_bytes_compat")]
-    pub envelope: Vec<u8>,
+    pub payload: OutboxPayload,
     pub attempts: u32,
     pub next_attempt_ms: u64,
+}
+
+/// What an outbox entry sends.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OutboxPayload {
+    /// The stored outgoing message with the entry's id; `n` is its number among the sender's
+    /// texts to that contact (1, 2, 3...), fixed when it was queued.
+    Text { n: u64 },
+    /// Any other payload (a read receipt, a contact accept), encoded.
+    Payload(#[serde(with = "serde_bytes_compat")] Vec<u8>),
+    /// A request frame sealed under schema 2, sent as it is.
+    Sealed(#[serde(with = "serde_bytes_compat")] Vec<u8>),
 }
 
 /// A contact request received from a device, waiting for `contacts accept`.
