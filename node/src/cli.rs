@@ -50,6 +50,9 @@ pub struct Cli {
 pub enum Cmd {
     /// Run the node in the foreground, with its control API on 127.0.0.1 (stop with Ctrl-C or SIGTERM)
     Run(RunArgs),
+    /// Run a store-and-forward relay in the foreground: it keeps sealed envelopes for offline
+    /// devices (no account needed; stop with Ctrl-C or SIGTERM; see configs/relay.toml)
+    Relay(RelayArgs),
     /// Create and show the account
     #[command(subcommand)]
     Account(AccountCmd),
@@ -149,6 +152,29 @@ pub struct RunArgs {
     /// Port of the control API on 127.0.0.1 [default: 0, any free port]
     #[arg(long, value_name = "N")]
     pub control_port: Option<u16>,
+    /// Log format on standard error [default: text]
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+/// Options of `instaconnect relay`; each overrides the config file, which overrides the defaults.
+#[derive(Args, Debug, Default)]
+pub struct RelayArgs {
+    /// Config file (TOML, see configs/relay.toml)
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Multiaddr to listen on, e.g. /ip4/0.0.0.0/tcp/4001 (repeatable; replaces network.listen)
+    #[arg(long, value_name = "MULTIADDR")]
+    pub listen: Vec<String>,
+    /// Where the relay keeps its envelopes and its identity key [default: data_dir from the config, else the platform data dir, e.g. ~/.local/share/instaconnect-relay]
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Do not advertise the relay on the local network (mDNS)
+    #[arg(long)]
+    pub no_mdns: bool,
+    /// Loopback address of the Prometheus /metrics endpoint, e.g. 127.0.0.1:9464 (port 0: any free port)
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
     /// Log format on standard error [default: text]
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
@@ -387,6 +413,7 @@ impl Cli {
     pub fn name(&self) -> &'static str {
         match &self.cmd {
             Cmd::Run(_) => "run",
+            Cmd::Relay(_) => "relay",
             Cmd::Account(AccountCmd::Create { .. }) => "account create",
             Cmd::Account(AccountCmd::Show) => "account show",
             Cmd::Profile(ProfileCmd::Set(_)) => "profile set",
@@ -433,7 +460,7 @@ impl Cli {
     pub fn changes_state(&self) -> bool {
         self.region.is_some()
             || match &self.cmd {
-                Cmd::Run(_) | Cmd::Blocked | Cmd::Export { .. } => false,
+                Cmd::Run(_) | Cmd::Relay(_) | Cmd::Blocked | Cmd::Export { .. } => false,
                 Cmd::Account(a) => matches!(a, AccountCmd::Create { .. }),
                 Cmd::Profile(p) => matches!(p, ProfileCmd::Set(_)),
                 Cmd::Contacts(c) => !matches!(
@@ -562,6 +589,9 @@ pub fn execute(cli: Cli, home: &Home, source: Source<'_>, out: &mut Out) -> Resu
     };
     match cli.cmd {
         Cmd::Run(_) => Err(usage(anyhow!("`run` cannot run inside another command"))),
+        Cmd::Relay(_) => Err(usage(anyhow!(
+            "`relay` runs a relay in its own process: run it from a terminal or systemd"
+        ))),
         Cmd::Account(AccountCmd::Create { phone, name }) => {
             account_create(&ctx, out, &phone, &name)
         }

@@ -122,7 +122,7 @@ impl NodeConfig {
     }
 }
 
-fn read_config(path: &Path) -> Result<String, Failure> {
+pub(crate) fn read_config(path: &Path) -> Result<String, Failure> {
     let too_big = |len: u64| {
         usage(anyhow!(
             "config file {} is too large: {len} bytes (at most {MAX_CONFIG_BYTES})",
@@ -140,7 +140,7 @@ fn read_config(path: &Path) -> Result<String, Failure> {
         .map_err(|_| usage(anyhow!("config file {} is not UTF-8 text", path.display())))
 }
 
-fn check_all(addrs: &[String], origin: &str) -> Result<(), Failure> {
+pub(crate) fn check_all(addrs: &[String], origin: &str) -> Result<(), Failure> {
     for a in addrs {
         check_multiaddr(a).map_err(|why| {
             usage(anyhow!(

@@ -57,7 +57,7 @@ impl Home {
     }
 }
 
-fn create_private_dir(dir: &Path) -> Result<(), Failure> {
+pub(crate) fn create_private_dir(dir: &Path) -> Result<(), Failure> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
     #[cfg(unix)]

@@ -10,6 +10,7 @@ mod files;
 mod home;
 mod messaging;
 mod output;
+mod relay;
 mod sim;
 
 use std::process::ExitCode;
@@ -80,6 +81,10 @@ fn main() -> ExitCode {
 fn main_with(cli: cli::Cli, out: &mut output::Out) -> Result<u8, Failure> {
     if let cli::Cmd::Sim(cmd) = &cli.cmd {
         return sim::run(cmd, cli.json_output(), out);
+    }
+    if let cli::Cmd::Relay(args) = cli.cmd {
+        relay::run(args)?;
+        return Ok(0);
     }
     let home = home::Home::resolve(cli.home.clone())?;
     if let cli::Cmd::Run(args) = cli.cmd {

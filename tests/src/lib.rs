@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+pub mod relay;
+
 /// The `instaconnect` binary under test: `$INSTACONNECT_BIN`, else the one cargo builds next to
 /// this test executable. Under `cargo test` it is (re)built once per test process, so a test
 /// never runs a stale binary.

@@ -38,9 +38,7 @@
 
 use std::collections::HashSet;
 use std::future::Future;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -796,86 +794,9 @@ async fn ours_latency(a: &Node, b: &Node, args: &Args) -> Latency {
 
 // ----- mosquitto ------------------------------------------------------------------------------
 
-/// A mosquitto process on a free port of 127.0.0.1, killed on drop.
-struct Broker {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Broker {
-    fn start(bin: &Path) -> Broker {
-        let dir = must("temp dir", tempfile::tempdir());
-        let port = {
-            let l = must("free port", std::net::TcpListener::bind("127.0.0.1:0"));
-            must("free port", l.local_addr()).port()
-        };
-        let conf = dir.path().join("mosquitto.conf");
-        let config = format!(
-            "# chat benchmark baseline (written by crates/net/benches/chat.rs)\n\
-             listener {port} 127.0.0.1\n\
-             allow_anonymous true\n\
-             persistence true\n\
-             persistence_location {}/\n\
-             # Never drop queued QoS 1 messages (the default is 1000 per client).\n\
-             max_queued_messages 0\n\
-             # The same in-flight window per client as the engine's per peer.\n\
-             max_inflight_messages {MQTT_INFLIGHT}\n\
-             # Started as root, mosquitto would switch to the `mosquitto` user, which cannot\n\
-             # write the temporary directory.\n\
-             user root\n\
-             log_dest stderr\n\
-             log_type error\n\
-             log_type warning\n\
-             log_type notice\n\
-             # For its `running` line, the sign that it listens.\n\
-             log_type information\n",
-            dir.path().display()
-        );
-        must("write mosquitto.conf", std::fs::write(&conf, config));
-        let mut child = must(
-            &format!("start {}", bin.display()),
-            std::process::Command::new(bin)
-                .arg("-c")
-                .arg(&conf)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn(),
-        );
-        let stderr = must("mosquitto stderr", child.stderr.take().ok_or("not piped"));
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if line.contains(" running") {
-                    let _ = ready_tx.send(());
-                } else if (line.contains("Error") || line.contains("Warning"))
-                    && !line.contains("should not be run as root")
-                {
-                    eprintln!("mosquitto: {line}");
-                }
-            }
-        });
-        let mut broker = Broker {
-            child,
-            port,
-            _dir: dir,
-        };
-        if ready_rx.recv_timeout(SETUP_TIMEOUT).is_err() {
-            let status = broker.child.try_wait();
-            panic!("benchmark failed: mosquitto did not start (status {status:?})");
-        }
-        broker
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+#[path = "common/mosquitto.rs"]
+mod mosquitto;
+use mosquitto::Broker;
 
 /// A message as the subscriber got it.
 struct Arrival {
@@ -1248,7 +1169,7 @@ fn main() {
     eprintln!("starting two nodes and mosquitto ...");
     let mut a = Node::start("node-a", PHONE_A, "Asha", 1);
     let mut b = Node::start("node-b", PHONE_B, "Ravi", 2);
-    let broker = Broker::start(&args.mosquitto);
+    let broker = Broker::start(&args.mosquitto, MQTT_INFLIGHT, "chat");
     let pub_rt = single_worker("mqtt-pub");
     let sub_rt = single_worker("mqtt-sub");
     let main_rt = must(

@@ -75,6 +75,7 @@
 mod behaviour;
 mod codec;
 pub mod driver;
+pub mod mailbox_client;
 mod mdns;
 mod task;
 

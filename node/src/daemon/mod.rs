@@ -12,7 +12,7 @@
 pub mod control;
 pub mod events;
 mod network;
-mod shutdown;
+pub(crate) mod shutdown;
 
 use std::future::IntoFuture;
 use std::io::IsTerminal;
@@ -58,7 +58,7 @@ pub fn run(home: &Home, args: RunArgs) -> Result<(), Failure> {
     result
 }
 
-fn init_logging(log: &LogConfig) -> Result<(), Failure> {
+pub(crate) fn init_logging(log: &LogConfig) -> Result<(), Failure> {
     let filter = match std::env::var("RUST_LOG") {
         Ok(v) if !v.trim().is_empty() => {
             EnvFilter::try_new(&v).map_err(|e| usage(anyhow!("invalid RUST_LOG {v:?}: {e}")))?
@@ -196,7 +196,7 @@ async fn serve(
 }
 
 /// SIGINT (Ctrl-C) and SIGTERM, registered as soon as this is built.
-struct Signals {
+pub(crate) struct Signals {
     #[cfg(unix)]
     interrupt: tokio::signal::unix::Signal,
     #[cfg(unix)]
@@ -204,7 +204,7 @@ struct Signals {
 }
 
 impl Signals {
-    fn new() -> std::io::Result<Signals> {
+    pub(crate) fn new() -> std::io::Result<Signals> {
         #[cfg(unix)]
         {
             use tokio::signal::unix::{signal, SignalKind};
@@ -218,7 +218,7 @@ impl Signals {
     }
 
     /// Waits for a signal; returns its name.
-    async fn recv(&mut self) -> &'static str {
+    pub(crate) async fn recv(&mut self) -> &'static str {
         #[cfg(unix)]
         {
             tokio::select! {

@@ -1,0 +1,680 @@
+//! The relay daemon beside mosquitto in the same run (issue 5's benchmark).
+//!
+//! Run: `scripts/bench-relay [--deposits N] [--hold M] [--cycles C] [--window W]`, which builds
+//! the release `instaconnect`, installs mosquitto when missing and runs `cargo bench -p
+//! instaconnect-net --bench relay -- ARGS`. Plain program, no harness: it prints a table and
+//! asserts nothing about time.
+//!
+//! What is measured:
+//! - Deposit rate: N (20,000) sealed envelopes of 1 KiB (a pool of 256 really sealed with
+//!   `crypto::seal_envelope`, deposited in turn) from one ephemeral client to a real
+//!   `instaconnect relay` process on 127.0.0.1, W (128) requests in flight; each counts once
+//!   its signed receipt arrived, which the relay sends only after the flush. Baseline: N QoS 1
+//!   publishes of 1 KiB to mosquitto, W in flight, until every PUBACK arrived, while the
+//!   persistent-session QoS 1 subscriber is offline.
+//! - Drain: the mailbox owner reconnects and fetches every envelope (256 per fetch, 8 fetches
+//!   in flight) and deletes each fetched batch (owner-signed); timed until the last delete's
+//!   receipt. Baseline: the subscriber reconnects and receives (and PUBACKs) the N queued
+//!   messages.
+//! - Memory: the relay's RSS (VmRSS, and its peak VmHWM) once M (100,000) envelopes are held.
+//! - Disk: after C (100,000) deposit+delete cycles on top of the M held, the size on disk of
+//!   the relay's database against the live data (M × 1 KiB).
+//!
+//! `--hold 1000000 --cycles 1000000` are the issue's sizes (several minutes).
+
+#[path = "common/mosquitto.rs"]
+mod mosquitto;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use instaconnect_crypto::{
+    deletion_hash, seal_envelope, Device, EnvelopeContent, Identity, MailboxKey, MessageId,
+    PayloadKind,
+};
+use instaconnect_net::mailbox_client::{owner_auth, MailboxClient};
+use instaconnect_net::RequestId;
+use instaconnect_wire::mailbox::{MailboxRequest, MailboxResponse, OwnerOp, Receipted, MAX_BATCH};
+use mosquitto::Broker;
+use rumqttc::{AsyncClient, Event as MqttEvent, MqttOptions, Packet, QoS};
+
+const ENVELOPE_BYTES: usize = 1024;
+const POOL: usize = 256;
+const TOPIC: &str = "instaconnect/relay-bench";
+const SUB_ID: &str = "instaconnect-relay-bench-sub";
+const PUB_ID: &str = "instaconnect-relay-bench-pub";
+const DRAIN_WINDOW: usize = 8;
+const TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_MOSQUITTO: &str = "/usr/sbin/mosquitto";
+
+const USAGE: &str = "usage: relay [--deposits N] [--hold M] [--cycles C] [--window W] \
+[--mosquitto PATH] [--relay-bin PATH]
+  --deposits   envelopes deposited and drained, and messages through mosquitto (default 20000)
+  --hold       envelopes held when the relay's RSS is read (default 100000; the issue: 1000000)
+  --cycles     deposit+delete cycles before disk use is read (default 100000; the issue: 1000000)
+  --window     requests (publishes) in flight (default 128)
+  --mosquitto  broker binary (default $MOSQUITTO or /usr/sbin/mosquitto)
+  --relay-bin  instaconnect binary (default $INSTACONNECT_BIN, else target/release/instaconnect)";
+
+struct Args {
+    deposits: usize,
+    hold: usize,
+    cycles: usize,
+    window: usize,
+    mosquitto: PathBuf,
+    relay_bin: PathBuf,
+}
+
+fn usage_error(msg: &str) -> ! {
+    eprintln!("relay: {msg}\n{USAGE}");
+    std::process::exit(2)
+}
+
+fn must<T, E: std::fmt::Display>(what: &str, r: Result<T, E>) -> T {
+    r.unwrap_or_else(|e| panic!("benchmark failed: {what}: {e}"))
+}
+
+fn parse_args() -> Args {
+    let exe = std::env::current_exe().unwrap_or_default();
+    // target/release/deps/relay-HASH -> target/release/instaconnect
+    let default_bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("instaconnect"))
+        .unwrap_or_default();
+    let mut a = Args {
+        deposits: 20_000,
+        hold: 100_000,
+        cycles: 100_000,
+        window: 128,
+        mosquitto: std::env::var_os("MOSQUITTO")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_MOSQUITTO)),
+        relay_bin: std::env::var_os("INSTACONNECT_BIN")
+            .map(PathBuf::from)
+            .unwrap_or(default_bin),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut num = |name: &str| -> usize {
+            it.next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| usage_error(&format!("{name} needs a number")))
+        };
+        match arg.as_str() {
+            "--deposits" => a.deposits = num("--deposits"),
+            "--hold" => a.hold = num("--hold"),
+            "--cycles" => a.cycles = num("--cycles"),
+            "--window" => a.window = num("--window").clamp(1, 150),
+            "--mosquitto" => {
+                a.mosquitto = PathBuf::from(
+                    it.next()
+                        .unwrap_or_else(|| usage_error("--mosquitto needs a path")),
+                )
+            }
+            "--relay-bin" => {
+                a.relay_bin = PathBuf::from(
+                    it.next()
+                        .unwrap_or_else(|| usage_error("--relay-bin needs a path")),
+                )
+            }
+            "--bench" => {}
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0)
+            }
+            other => usage_error(&format!("unknown argument {other:?}")),
+        }
+    }
+    if a.deposits == 0 {
+        usage_error("--deposits must be at least 1");
+    }
+    a
+}
+
+/// 256 envelopes of 1 KiB, each really sealed to a recipient device.
+fn sealed_pool() -> Vec<Vec<u8>> {
+    let sender = Identity::generate();
+    let device = Device::generate();
+    let keys = device.signed_keys(&sender);
+    let recipient = Identity::generate();
+    let rdevice = Device::generate();
+    let rkeys = rdevice.signed_keys(&recipient);
+    (0..POOL)
+        .map(|i| {
+            let e = must(
+                "seal",
+                seal_envelope(
+                    &device,
+                    &keys,
+                    &rkeys,
+                    &EnvelopeContent {
+                        message_id: MessageId([i as u8; 16]),
+                        timestamp_ms: 1,
+                        kind: PayloadKind::Pairwise,
+                        payload: format!("benchmark message {i}").into_bytes(),
+                    },
+                ),
+            );
+            assert_eq!(e.len(), ENVELOPE_BYTES, "the smallest bucket is 1 KiB");
+            e
+        })
+        .collect()
+}
+
+// ----- the relay process ------------------------------------------------------------------------
+
+struct RelayProc {
+    child: Child,
+    addr: String,
+    data: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl RelayProc {
+    fn start(bin: &Path) -> RelayProc {
+        let dir = must("temp dir", tempfile::tempdir());
+        let config = dir.path().join("relay.toml");
+        must(
+            "write relay.toml",
+            std::fs::write(
+                &config,
+                "[limits]\nmailbox_max_envelopes = 100000000\nmailbox_max_bytes = 1099511627776\n\
+                 total_max_bytes = 1099511627776\nrate_burst = 1000000000\n\
+                 rate_per_second = 1000000000\n\
+                 [per_ip]\nrate_burst = 1000000000\nrate_per_second = 1000000000\n\
+                 [log]\nlevel = \"warn\"\n",
+            ),
+        );
+        let data = dir.path().join("data");
+        let mut child = must(
+            &format!("start {}", bin.display()),
+            Command::new(bin)
+                .arg("relay")
+                .arg("--config")
+                .arg(&config)
+                .arg("--data-dir")
+                .arg(&data)
+                .args([
+                    "--no-mdns",
+                    "--listen",
+                    "/ip4/127.0.0.1/tcp/0",
+                    "--metrics",
+                    "127.0.0.1:0",
+                ])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn(),
+        );
+        let stdout = must("relay stdout", child.stdout.take().ok_or("not piped"));
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut addr = None;
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(a) = line.strip_prefix("listening on ") {
+                    addr.get_or_insert_with(|| a.to_string());
+                }
+                if line == "relay ready" {
+                    let _ = tx.send(addr.take());
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(TIMEOUT)
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| panic!("benchmark failed: the relay did not start"));
+        RelayProc {
+            child,
+            addr,
+            data,
+            _dir: dir,
+        }
+    }
+
+    /// (VmRSS, VmHWM) in bytes.
+    fn rss(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+                .unwrap_or(0)
+                * 1024
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+
+    /// Bytes the database takes on disk (allocated blocks).
+    fn disk(&self) -> u64 {
+        fn walk(p: &Path) -> u64 {
+            use std::os::unix::fs::MetadataExt;
+            let Ok(meta) = std::fs::metadata(p) else {
+                return 0;
+            };
+            if meta.is_dir() {
+                std::fs::read_dir(p)
+                    .map(|rd| rd.flatten().map(|e| walk(&e.path())).sum())
+                    .unwrap_or(0)
+            } else {
+                meta.blocks() * 512
+            }
+        }
+        walk(&self.data.join("relay-db"))
+    }
+}
+
+impl Drop for RelayProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ----- relay phases -----------------------------------------------------------------------------
+
+/// Deposits `n` envelopes with `window` in flight; returns the seqs in the receipts.
+async fn deposit_n(
+    c: &mut MailboxClient,
+    mailbox: [u8; 32],
+    pool: &[Vec<u8>],
+    n: usize,
+    window: usize,
+) -> Vec<u64> {
+    let mut seqs = Vec::with_capacity(n);
+    let mut in_flight: HashMap<RequestId, ()> = HashMap::new();
+    let mut sent = 0;
+    while seqs.len() < n {
+        while sent < n && in_flight.len() < window {
+            let req = MailboxRequest::Deposit {
+                mailbox,
+                envelope: pool[sent % pool.len()].clone(),
+                deletion_hash: deletion_hash(&[(sent % 251) as u8; 32]),
+            };
+            in_flight.insert(must("send", c.send(&req).await), ());
+            sent += 1;
+        }
+        let (id, answer) = must(
+            "answer",
+            must(
+                "answer",
+                tokio::time::timeout(TIMEOUT, c.next_answer()).await,
+            ),
+        );
+        if in_flight.remove(&id).is_none() {
+            continue;
+        }
+        match must("deposit", answer) {
+            MailboxResponse::Receipt(r) => match r.what {
+                Receipted::Deposited { seq, .. } => seqs.push(seq),
+                other => panic!("benchmark failed: receipt {other:?}"),
+            },
+            other => panic!("benchmark failed: deposit answered {other:?}"),
+        }
+    }
+    seqs
+}
+
+/// Deletes `seqs` in batches of 256, `window` batches in flight.
+async fn delete_all(c: &mut MailboxClient, key: &MailboxKey, seqs: &[u64], window: usize) {
+    let mut chunks = seqs.chunks(MAX_BATCH);
+    let mut in_flight = 0;
+    loop {
+        while in_flight < window {
+            let Some(chunk) = chunks.next() else { break };
+            let seqs = chunk.to_vec();
+            let auth = must("sign", owner_auth(key, OwnerOp::Delete { seqs: &seqs }));
+            let req = MailboxRequest::Delete {
+                mailbox: key.id(),
+                seqs,
+                auth,
+            };
+            must("send", c.send(&req).await);
+            in_flight += 1;
+        }
+        if in_flight == 0 {
+            return;
+        }
+        let (_, answer) = must(
+            "answer",
+            must(
+                "answer",
+                tokio::time::timeout(TIMEOUT, c.next_answer()).await,
+            ),
+        );
+        in_flight -= 1;
+        match must("delete", answer) {
+            MailboxResponse::Receipt(_) => {}
+            other => panic!("benchmark failed: delete answered {other:?}"),
+        }
+    }
+}
+
+/// Fetches everything in the mailbox (seqs `first..first+n`, 256 a fetch, DRAIN_WINDOW
+/// fetches in flight) and deletes each fetched batch. Returns envelopes received.
+async fn drain(c: &mut MailboxClient, key: &MailboxKey, first: u64, n: usize) -> usize {
+    let mut next_after = first - 1;
+    let end = first - 1 + n as u64;
+    let mut fetches: HashMap<RequestId, ()> = HashMap::new();
+    let mut deletes = 0usize;
+    let mut got = 0usize;
+    loop {
+        while next_after < end && fetches.len() + deletes < DRAIN_WINDOW {
+            let limit = MAX_BATCH as u32;
+            let auth = must(
+                "sign",
+                owner_auth(
+                    key,
+                    OwnerOp::Fetch {
+                        after: next_after,
+                        limit,
+                    },
+                ),
+            );
+            let req = MailboxRequest::Fetch {
+                mailbox: key.id(),
+                after: next_after,
+                limit,
+                auth,
+            };
+            fetches.insert(must("send", c.send(&req).await), ());
+            next_after += u64::from(limit);
+        }
+        if fetches.is_empty() && deletes == 0 {
+            return got;
+        }
+        let (id, answer) = must(
+            "answer",
+            must(
+                "answer",
+                tokio::time::timeout(TIMEOUT, c.next_answer()).await,
+            ),
+        );
+        let was_fetch = fetches.remove(&id).is_some();
+        match must("drain", answer) {
+            MailboxResponse::Envelopes { items, .. } if was_fetch => {
+                got += items.len();
+                let seqs: Vec<u64> = items.iter().map(|e| e.seq).collect();
+                if !seqs.is_empty() {
+                    let auth = must("sign", owner_auth(key, OwnerOp::Delete { seqs: &seqs }));
+                    let req = MailboxRequest::Delete {
+                        mailbox: key.id(),
+                        seqs,
+                        auth,
+                    };
+                    must("send", c.send(&req).await);
+                    deletes += 1;
+                }
+            }
+            MailboxResponse::Receipt(_) if !was_fetch => deletes -= 1,
+            other => panic!("benchmark failed: drain answered {other:?}"),
+        }
+    }
+}
+
+struct RelayResults {
+    deposit_s: f64,
+    drain_s: f64,
+    drained: usize,
+    rss: (u64, u64),
+    disk: u64,
+    live: u64,
+    hold_s: f64,
+    churn_s: f64,
+}
+
+async fn relay_phases(args: &Args, pool: &[Vec<u8>]) -> RelayResults {
+    let relay = RelayProc::start(&args.relay_bin);
+    let key = MailboxKey::generate();
+    let mut c = must("connect", MailboxClient::connect(&relay.addr).await);
+    must("create", c.create(&key).await);
+    let t = Instant::now();
+    let seqs = deposit_n(&mut c, key.id(), pool, args.deposits, args.window).await;
+    let deposit_s = t.elapsed().as_secs_f64();
+    c.close().await;
+
+    // The owner comes back on a new connection and drains.
+    let mut owner = must("connect", MailboxClient::connect(&relay.addr).await);
+    let first = seqs.iter().copied().min().unwrap_or(1);
+    let t = Instant::now();
+    let drained = drain(&mut owner, &key, first, args.deposits).await;
+    let drain_s = t.elapsed().as_secs_f64();
+
+    // Hold M.
+    let held = MailboxKey::generate();
+    must("create", owner.create(&held).await);
+    let t = Instant::now();
+    deposit_n(&mut owner, held.id(), pool, args.hold, args.window).await;
+    let hold_s = t.elapsed().as_secs_f64();
+    let rss = relay.rss();
+
+    // Churn C deposit+delete cycles in another mailbox, in rounds of 4,096.
+    let churn = MailboxKey::generate();
+    must("create", owner.create(&churn).await);
+    let t = Instant::now();
+    let mut done = 0;
+    while done < args.cycles {
+        let n = (args.cycles - done).min(4_096);
+        let seqs = deposit_n(&mut owner, churn.id(), pool, n, args.window).await;
+        delete_all(&mut owner, &churn, &seqs, DRAIN_WINDOW).await;
+        done += n;
+    }
+    let churn_s = t.elapsed().as_secs_f64();
+    let disk = relay.disk();
+    owner.close().await;
+    RelayResults {
+        deposit_s,
+        drain_s,
+        drained,
+        rss,
+        disk,
+        live: (args.hold * ENVELOPE_BYTES) as u64,
+        hold_s,
+        churn_s,
+    }
+}
+
+// ----- mosquitto ------------------------------------------------------------------------------
+
+/// Runs an MQTT client's event loop on this runtime; `on` sees every incoming packet and says
+/// when to stop.
+fn spawn_loop(
+    mut events: rumqttc::EventLoop,
+    mut on: impl FnMut(&Packet) -> bool + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            match events.poll().await {
+                Ok(MqttEvent::Incoming(p)) => {
+                    if on(&p) {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                // The broker closing at the end of a phase ends the loop; a failure
+                // mid-phase shows up as the phase's timeout.
+                Err(e) => {
+                    eprintln!("mqtt client stopped: {e}");
+                    return;
+                }
+            }
+        }
+    })
+}
+
+fn options(id: &str, port: u16, window: usize) -> MqttOptions {
+    let mut o = MqttOptions::new(id, "127.0.0.1", port);
+    o.set_clean_session(false)
+        .set_keep_alive(Duration::from_secs(30))
+        .set_inflight(window as u16)
+        .set_max_packet_size(64 * 1024, 64 * 1024);
+    o
+}
+
+/// (publish seconds, drain seconds, messages drained).
+async fn mosquitto_phases(args: &Args, broker: &Broker) -> (f64, f64, usize) {
+    // The subscriber's persistent session, then it goes offline.
+    let (sub, events) = AsyncClient::new(options(SUB_ID, broker.port, args.window), 64);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let mut tx = Some(tx);
+    let task = spawn_loop(events, move |p| {
+        if let Packet::SubAck(_) = p {
+            if let Some(t) = tx.take() {
+                let _ = t.send(());
+            }
+            return true;
+        }
+        false
+    });
+    must("subscribe", sub.subscribe(TOPIC, QoS::AtLeastOnce).await);
+    must(
+        "suback",
+        must("suback", tokio::time::timeout(TIMEOUT, rx).await),
+    );
+    let _ = task.await;
+    drop(sub);
+
+    // The publisher: N QoS 1 publishes of 1 KiB, timed until the last PUBACK.
+    let n = args.deposits;
+    let (publisher, events) =
+        AsyncClient::new(options(PUB_ID, broker.port, args.window), args.window);
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let mut done_tx = Some(done_tx);
+    let mut acks = 0;
+    let _pub_task = spawn_loop(events, move |p| {
+        if let Packet::PubAck(_) = p {
+            acks += 1;
+            if acks == n {
+                if let Some(t) = done_tx.take() {
+                    let _ = t.send(());
+                }
+            }
+        }
+        false
+    });
+    let payload = vec![0x5au8; ENVELOPE_BYTES];
+    let t = Instant::now();
+    for _ in 0..n {
+        must(
+            "publish",
+            publisher
+                .publish(TOPIC, QoS::AtLeastOnce, false, payload.clone())
+                .await,
+        );
+    }
+    must(
+        "pubacks",
+        must("pubacks", tokio::time::timeout(TIMEOUT * 10, done_rx).await),
+    );
+    let publish_s = t.elapsed().as_secs_f64();
+
+    // The subscriber reconnects and drains.
+    let t = Instant::now();
+    let (sub, events) = AsyncClient::new(options(SUB_ID, broker.port, args.window), 64);
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let mut done_tx = Some(done_tx);
+    let mut got = 0;
+    let task = spawn_loop(events, move |p| {
+        if let Packet::Publish(_) = p {
+            got += 1;
+            if got == n {
+                if let Some(t) = done_tx.take() {
+                    let _ = t.send(got);
+                }
+                return true;
+            }
+        }
+        false
+    });
+    let drained = must(
+        "drain",
+        must("drain", tokio::time::timeout(TIMEOUT * 10, done_rx).await),
+    );
+    let drain_s = t.elapsed().as_secs_f64();
+    task.abort();
+    drop(sub);
+    (publish_s, drain_s, drained)
+}
+
+fn mib(b: u64) -> f64 {
+    b as f64 / (1024.0 * 1024.0)
+}
+
+fn main() {
+    let args = parse_args();
+    if !args.relay_bin.exists() {
+        usage_error(&format!(
+            "{} does not exist: build it with `cargo build --release -p instaconnect` (scripts/bench-relay does)",
+            args.relay_bin.display()
+        ));
+    }
+    let rt = must(
+        "runtime",
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build(),
+    );
+    let pool = sealed_pool();
+    println!(
+        "relay benchmark: {} deposits of 1 KiB sealed envelopes, window {}, then {} held, {} deposit+delete cycles",
+        args.deposits, args.window, args.hold, args.cycles
+    );
+    let r = rt.block_on(relay_phases(&args, &pool));
+    let broker = Broker::start(&args.mosquitto, args.window as u16, "relay");
+    let (m_pub, m_drain, m_drained) = rt.block_on(mosquitto_phases(&args, &broker));
+    drop(broker);
+
+    let n = args.deposits as f64;
+    let dep = n / r.deposit_s;
+    let drn = r.drained as f64 / r.drain_s;
+    let mdep = n / m_pub;
+    let mdrn = m_drained as f64 / m_drain;
+    println!();
+    println!("| measure | relay | mosquitto | relay / mosquitto | target |");
+    println!("|---|---|---|---|---|");
+    println!(
+        "| deposits/s (acked after flush; mosquitto: PUBACK, no flush) | {dep:.0} | {mdep:.0} | {:.2} | ≥ 1.00 × mosquitto |",
+        dep / mdep
+    );
+    println!(
+        "| drain/s to a reconnecting owner (fetch + delete) | {drn:.0} | {mdrn:.0} | {:.2} | ≥ 100,000/s |",
+        drn / mdrn
+    );
+    println!(
+        "| RSS with {} envelopes held (peak) | {:.1} MiB ({:.1} MiB) | | | < 300 MiB |",
+        args.hold,
+        mib(r.rss.0),
+        mib(r.rss.1)
+    );
+    let ratio = if r.live > 0 {
+        r.disk as f64 / r.live as f64
+    } else {
+        f64::INFINITY
+    };
+    println!(
+        "| disk after {} deposit+delete cycles, {} held | {:.1} MiB for {:.1} MiB live: {ratio:.2}× | | | < 3× live |",
+        args.cycles,
+        args.hold,
+        mib(r.disk),
+        mib(r.live)
+    );
+    println!();
+    println!(
+        "(drained {} of {}; holding {} took {:.1} s, {:.0}/s; {} cycles took {:.1} s)",
+        r.drained,
+        args.deposits,
+        args.hold,
+        r.hold_s,
+        args.hold as f64 / r.hold_s.max(1e-9),
+        args.cycles,
+        r.churn_s
+    );
+}
