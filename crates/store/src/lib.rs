@@ -9,10 +9,12 @@
 //! Two implementations share one behaviour: [`SledStore`] on disk and [`MemStore`] in memory
 //! (for the simulator and tests). A property test drives both with the same random operations.
 
+mod buffered;
 mod mem;
 pub mod relay;
 mod sled_store;
 
+pub use buffered::MAX_PENDING_WRITES;
 pub use mem::MemStore;
 pub use relay::{MemRelayStore, RelayOp, RelayStore, SledRelayStore};
 pub use sled_store::SledStore;

@@ -13,6 +13,7 @@ use std::sync::{Mutex, MutexGuard};
 use instaconnect_wire::records::{MailboxRecord, RelayEnvelope, RelayTotals};
 use instaconnect_wire::{decode, encode};
 
+use crate::buffered::{Buffered, Writes};
 use crate::{Result, StoreError};
 
 /// A mailbox id: the owner's public key for it.
@@ -96,10 +97,11 @@ fn location(bytes: &[u8]) -> Option<(MailboxId, u64)> {
     Some((m, seq))
 }
 
-/// The relay database on disk.
+/// The relay database on disk. Deferred writes wait in memory for the next flush (see
+/// [`crate::buffered`]): one sled batch per commit instead of one per deposit.
 #[derive(Clone)]
 pub struct SledRelayStore {
-    db: sled::Db,
+    db: Buffered,
 }
 
 impl SledRelayStore {
@@ -135,7 +137,9 @@ impl SledRelayStore {
                 db.flush()?;
             }
         }
-        Ok(SledRelayStore { db })
+        Ok(SledRelayStore {
+            db: Buffered::new(db),
+        })
     }
 
     fn get<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>> {
@@ -167,8 +171,7 @@ impl RelayStore for SledRelayStore {
         let start = env_key(id, after.saturating_add(1));
         let end = env_key(id, u64::MAX);
         let mut out = Vec::new();
-        for kv in self.db.range(start..=end).take(limit) {
-            let (key, v) = kv?;
+        for (key, v) in self.db.range(start..=end, limit)? {
             let seq = location(&key[P_ENVELOPE.len()..]).map_or(0, |(_, s)| s);
             let e = decode(&v).map_err(|source| StoreError::Corrupt {
                 key: String::from_utf8_lossy(&key).into_owned(),
@@ -186,8 +189,7 @@ impl RelayStore for SledRelayStore {
     fn by_deletion_hash(&self, hash: &[u8; 32]) -> Result<Vec<(MailboxId, u64)>> {
         let prefix = k(P_DELETION, &[hash]);
         let mut out = Vec::new();
-        for kv in self.db.scan_prefix(&prefix) {
-            let (key, _) = kv?;
+        for (key, _) in self.db.scan_prefix(&prefix, usize::MAX)? {
             if let Some(l) = location(&key[prefix.len()..]) {
                 out.push(l);
             }
@@ -198,8 +200,7 @@ impl RelayStore for SledRelayStore {
     fn deposited_before(&self, before_ms: u64, limit: usize) -> Result<Vec<(MailboxId, u64)>> {
         let end = k(P_EXPIRY, &[&before_ms.to_be_bytes()]);
         let mut out = Vec::new();
-        for kv in self.db.range(P_EXPIRY.to_vec()..end).take(limit) {
-            let (key, _) = kv?;
+        for (key, _) in self.db.range(P_EXPIRY.to_vec()..end, limit)? {
             if let Some(l) = key.get(P_EXPIRY.len() + 8..).and_then(location) {
                 out.push(l);
             }
@@ -212,7 +213,7 @@ impl RelayStore for SledRelayStore {
     }
 
     fn apply_deferred(&self, ops: Vec<RelayOp>) -> Result<()> {
-        let mut batch = sled::Batch::default();
+        let mut batch = Writes::default();
         // Envelopes put earlier in this batch, so a later remove finds their index keys.
         let mut put: BTreeMap<(MailboxId, u64), RelayEnvelope> = BTreeMap::new();
         for op in ops {
@@ -252,7 +253,7 @@ impl RelayStore for SledRelayStore {
                 RelayOp::PutTotals(t) => batch.insert(KEY_TOTALS, enc(&t)?),
             }
         }
-        self.db.apply_batch(batch)?;
+        self.db.stage(batch)?;
         Ok(())
     }
 

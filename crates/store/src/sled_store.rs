@@ -1,7 +1,5 @@
 use std::collections::BTreeMap;
-use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
 
 use instaconnect_wire::records::{
     AccountRecord, BlockRecord, ContactRecord, ContactRequestRecord, ConversationRecord, GroupId,
@@ -10,6 +8,7 @@ use instaconnect_wire::records::{
 use instaconnect_wire::{decode, encode, SecretBytes, SCHEMA_VERSION};
 use serde::de::DeserializeOwned;
 
+use crate::buffered::{Buffered, Writes};
 use crate::{Op, Result, Store, StoreError};
 
 // Key layout of the default tree. One tree keeps every batch atomic with `apply_batch`.
@@ -68,25 +67,15 @@ pub(crate) fn open_error(e: sled::Error, path: &str) -> StoreError {
     }
 }
 
-/// Deferred writes held in memory before they go to sled; beyond it they are applied at once.
-pub const MAX_PENDING_WRITES: usize = 16_384;
-
 /// The on-disk [`Store`], a sled database in one directory. Clones share the same database.
 ///
 /// Deferred writes ([`Store::apply_deferred`]) are kept in memory, where reads see them, and
-/// go to sled as one atomic batch at the next [`Store::flush`]. sled 0.34 writes its IO buffer
-/// out on every `apply_batch` (it rolls the buffer around each batch), so one batch per flush
-/// instead of one per engine write is most of the difference in disk writes and CPU.
+/// go to sled as one atomic batch at the next [`Store::flush`] (see [`crate::buffered`]).
 #[derive(Clone)]
 pub struct SledStore {
-    db: sled::Db,
+    db: Buffered,
     path: PathBuf,
-    /// key -> new value (`None`: removed), not yet applied to sled.
-    pending: Arc<Mutex<PendingWrites>>,
 }
-
-/// key -> new value (`None`: removed).
-type PendingWrites = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 
 fn key(prefix: &[u8], id: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(prefix.len() + id.len());
@@ -137,9 +126,8 @@ impl SledStore {
             }
         }
         Ok(SledStore {
-            db,
+            db: Buffered::new(db),
             path: dir.to_path_buf(),
-            pending: Arc::default(),
         })
     }
 
@@ -157,62 +145,14 @@ impl SledStore {
     #[doc(hidden)]
     pub fn force_schema_version(&self, v: u32) -> Result<()> {
         self.db
+            .db()
             .insert(KEY_SCHEMA, encode(&v).map_err(StoreError::Encode)?)?;
         self.db.flush()?;
         Ok(())
     }
 
-    fn pending(&self) -> MutexGuard<'_, PendingWrites> {
-        self.pending.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The value of `k`, pending writes first.
-    fn raw_get(&self, k: &[u8]) -> Result<Option<Vec<u8>>> {
-        if let Some(v) = self.pending().get(k) {
-            return Ok(v.clone());
-        }
-        Ok(self.db.get(k)?.map(|v| v.to_vec()))
-    }
-
-    /// The entries in `range`, in key order, pending writes applied.
-    fn raw_range<R: RangeBounds<Vec<u8>> + Clone>(
-        &self,
-        range: R,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let mut out: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
-        let pending = self.pending();
-        for kv in self.db.range(range.clone()) {
-            let (k, v) = kv?;
-            out.insert(k.to_vec(), v.to_vec());
-        }
-        for (k, v) in pending.range(range) {
-            match v {
-                Some(v) => out.insert(k.clone(), v.clone()),
-                None => out.remove(k),
-            };
-        }
-        Ok(out.into_iter().collect())
-    }
-
-    fn raw_scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        // Keys with the prefix sort from the prefix up to (not including) its successor: the
-        // prefix with its last byte below 0xff incremented and what follows dropped.
-        let mut end = prefix.to_vec();
-        while end.last() == Some(&0xff) {
-            end.pop();
-        }
-        let upper = match end.last_mut() {
-            Some(b) => {
-                *b += 1;
-                Bound::Excluded(end)
-            }
-            None => Bound::Unbounded,
-        };
-        self.raw_range((Bound::Included(prefix.to_vec()), upper))
-    }
-
     fn get<T: DeserializeOwned>(&self, k: &[u8]) -> Result<Option<T>> {
-        match self.raw_get(k)? {
+        match self.db.get(k)? {
             None => Ok(None),
             Some(v) => decode(&v).map(Some).map_err(|source| StoreError::Corrupt {
                 key: String::from_utf8_lossy(k).into_owned(),
@@ -233,47 +173,7 @@ impl SledStore {
     }
 
     fn scan<T: DeserializeOwned>(&self, prefix: &[u8]) -> Result<Vec<T>> {
-        Self::decode_all(self.raw_scan(prefix)?)
-    }
-
-    /// Applies the pending writes to sled as one batch (not flushed).
-    fn apply_pending(&self, pending: &mut PendingWrites) -> Result<()> {
-        if pending.is_empty() {
-            return Ok(());
-        }
-        let mut batch = sled::Batch::default();
-        for (k, v) in std::mem::take(pending) {
-            match v {
-                Some(v) => batch.insert(k, v),
-                None => batch.remove(k),
-            }
-        }
-        self.db.apply_batch(batch)?;
-        Ok(())
-    }
-}
-
-/// The writes of one deferred batch, in order.
-#[derive(Default)]
-struct Writes(Vec<(Vec<u8>, Option<Vec<u8>>)>);
-
-impl Writes {
-    fn insert(&mut self, k: impl AsRef<[u8]>, v: impl AsRef<[u8]>) {
-        self.0
-            .push((k.as_ref().to_vec(), Some(v.as_ref().to_vec())));
-    }
-
-    fn remove(&mut self, k: impl AsRef<[u8]>) {
-        self.0.push((k.as_ref().to_vec(), None));
-    }
-}
-
-impl IntoIterator for Writes {
-    type Item = (Vec<u8>, Option<Vec<u8>>);
-    type IntoIter = std::vec::IntoIter<Self::Item>;
-
-    fn into_iter(self) -> Self::IntoIter {
-        self.0.into_iter()
+        Self::decode_all(self.db.scan_prefix(prefix, usize::MAX)?)
     }
 }
 
@@ -305,7 +205,7 @@ impl Store for SledStore {
     fn contact_by_peer(&self, peer_id: &str) -> Result<Option<ContactRecord>> {
         let mut prefix = key(PREFIX_CONTACT_PEER, peer_id.as_bytes());
         prefix.push(b'/');
-        for (k, _) in self.raw_scan(&prefix)? {
+        for (k, _) in self.db.scan_prefix(&prefix, usize::MAX)? {
             let phone = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
             if let Some(c) = self.contact(&phone)? {
                 return Ok(Some(c));
@@ -341,11 +241,11 @@ impl Store for SledStore {
     fn messages(&self, peer: &str, from_seq: u64) -> Result<Vec<MessageRecord>> {
         let start = message_key(peer, from_seq);
         let end = message_key(peer, u64::MAX);
-        Self::decode_all(self.raw_range(start..=end)?)
+        Self::decode_all(self.db.range(start..=end, usize::MAX)?)
     }
 
     fn message(&self, id: &[u8; 16]) -> Result<Option<MessageRecord>> {
-        match self.raw_get(&key(PREFIX_MESSAGE_ID, id))? {
+        match self.db.get(&key(PREFIX_MESSAGE_ID, id))? {
             None => Ok(None),
             Some(k) => Ok(self.get::<MessageRecord>(&k)?.filter(|m| m.id == *id)),
         }
@@ -368,7 +268,7 @@ impl Store for SledStore {
     }
 
     fn seen(&self, id: &[u8; 16]) -> Result<bool> {
-        Ok(self.raw_get(&key(PREFIX_SEEN, id))?.is_some())
+        Ok(self.db.get(&key(PREFIX_SEEN, id))?.is_some())
     }
 
     fn held(&self) -> Result<Vec<HeldMessage>> {
@@ -376,12 +276,6 @@ impl Store for SledStore {
     }
 
     fn flush(&self) -> Result<()> {
-        {
-            // Held while the batch goes into sled (in memory), so no read misses a write that
-            // is neither pending nor in sled yet; released for the slow part, the disk.
-            let mut pending = self.pending();
-            self.apply_pending(&mut pending)?;
-        }
         self.db.flush()?;
         Ok(())
     }
@@ -434,7 +328,8 @@ impl Store for SledStore {
                     let old_id = match replaced.get(&k) {
                         Some(id) => Some(*id),
                         None => self
-                            .raw_get(&k)?
+                            .db
+                            .get(&k)?
                             .and_then(|old| decode::<MessageRecord>(&old).ok())
                             .map(|old| old.id),
                     };
@@ -465,13 +360,7 @@ impl Store for SledStore {
                 Op::RemoveHeld { peer, n } => batch.remove(numbered_key(PREFIX_HELD, peer, *n)),
             }
         }
-        let mut pending = self.pending();
-        for (k, v) in batch {
-            pending.insert(k, v);
-        }
-        if pending.len() > MAX_PENDING_WRITES {
-            self.apply_pending(&mut pending)?;
-        }
+        self.db.stage(batch)?;
         Ok(())
     }
 }

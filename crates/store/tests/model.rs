@@ -207,6 +207,22 @@ fn check_point_reads(s: &dyn Store, model: &MemStore) {
     }
 }
 
+/// Opens a store just closed in this process: sled's IO threads may still hold the file lock
+/// for a moment after the last handle is dropped, so wait for it (bounded).
+fn reopen(path: &std::path::Path) -> SledStore {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match SledStore::open(path) {
+            Err(instaconnect_store::StoreError::Locked { .. })
+                if std::time::Instant::now() < deadline =>
+            {
+                std::thread::yield_now()
+            }
+            r => return r.unwrap(),
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
     #[test]
@@ -235,7 +251,7 @@ proptest! {
             sled.flush().unwrap();
         }
         // Everything applied survives a close and reopen.
-        let reopened = SledStore::open(dir.path()).unwrap();
+        let reopened = reopen(dir.path());
         prop_assert_eq!(snapshot(&reopened), snapshot(&model));
     }
 }
