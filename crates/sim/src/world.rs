@@ -15,7 +15,10 @@ use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
 
 use instaconnect_core::book::Book;
-use instaconnect_core::engine::{Command, Engine, Event, Input, Output, MAX_HELD_PER_CONVERSATION};
+use instaconnect_core::engine::{
+    Command, Engine, Event, Input, Output, MAX_HELD_PER_CONVERSATION, MAX_PEERS,
+    MAX_PENDING_OUTPUTS,
+};
 use instaconnect_core::phone::Phone;
 use instaconnect_store::{MemStore, Op, Store};
 use instaconnect_wire::records::{AccountRecord, DeliveryState, Direction};
@@ -71,6 +74,35 @@ pub struct Counters {
     pub restarts: u64,
     pub contacts_linked: u64,
     pub peak_outstanding: u32,
+    /// Most devices one engine kept in its peer table (checked at every new connection).
+    pub peak_engine_peers: u32,
+    /// Most outputs one engine released in one commit.
+    pub peak_outputs_per_commit: u32,
+}
+
+/// The buffer bounds every run checks, against the peaks it observed. Each bound is the
+/// engine's or the scenario's own constant; a peak above it is a violation.
+pub fn bound_violations(c: &Counters, outbox_messages: u32) -> Vec<String> {
+    let mut v = Vec::new();
+    if c.peak_outstanding > outbox_messages {
+        v.push(format!(
+            "a device held {} undelivered messages; buffers.outbox_messages is {outbox_messages}",
+            c.peak_outstanding
+        ));
+    }
+    if c.peak_engine_peers as usize > MAX_PEERS {
+        v.push(format!(
+            "an engine kept {} peers; its bound MAX_PEERS is {MAX_PEERS}",
+            c.peak_engine_peers
+        ));
+    }
+    if c.peak_outputs_per_commit as usize > MAX_PENDING_OUTPUTS {
+        v.push(format!(
+            "an engine released {} outputs in one commit; its bound MAX_PENDING_OUTPUTS is {MAX_PENDING_OUTPUTS}",
+            c.peak_outputs_per_commit
+        ));
+    }
+    v
 }
 
 /// What a finished run hands to the report.
@@ -1118,6 +1150,12 @@ impl<'a> World<'a> {
         );
         self.input(a, Input::Connected { peer: pb });
         self.input(b, Input::Connected { peer: pa });
+        // A new connection is what grows an engine's peer table.
+        for i in [a, b] {
+            if let Some(e) = self.nodes[i as usize].engine.as_ref() {
+                self.c.peak_engine_peers = self.c.peak_engine_peers.max(e.peers().len() as u32);
+            }
+        }
     }
 
     fn link_down(&mut self, a: u32, b: u32) {
@@ -1197,6 +1235,7 @@ impl<'a> World<'a> {
             outs.push(o);
         }
         let next = engine.poll_timeout();
+        self.c.peak_outputs_per_commit = self.c.peak_outputs_per_commit.max(outs.len() as u32);
         // Frames to different devices travel independent links: order them by destination
         // (stable, so each link keeps the engine's order) to keep the engine's hash-map
         // iteration order out of the run.
@@ -1374,10 +1413,21 @@ impl<'a> World<'a> {
     // ----- end of run -------------------------------------------------------------------------
 
     /// Every message its sender saw delivered is in its recipient's store exactly once (shown
-    /// in the conversation, or held behind a gap); no buffer bound was exceeded.
+    /// in the conversation, or held behind a gap); no buffer bound was exceeded: the outbox
+    /// bound (during the run and in the store at the end), texts held behind a gap per
+    /// conversation (at the end), the engines' peer tables (at every connection) and outputs
+    /// per commit (at every commit).
     fn check_invariants(&mut self) {
         let mut counts: HashMap<[u8; 16], u32> = HashMap::new();
         let mut problems = Vec::new();
+        let peers = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.engine.as_ref())
+            .map(|e| e.peers().len() as u32)
+            .max()
+            .unwrap_or(0);
+        self.c.peak_engine_peers = self.c.peak_engine_peers.max(peers);
         for (r, node) in self.nodes.iter().enumerate() {
             for &p in &node.partners {
                 let phone = &self.nodes[p as usize].phone;
@@ -1423,12 +1473,7 @@ impl<'a> World<'a> {
                 Err(e) => problems.push(format!("device {r}: reading outbox: {e}")),
             }
         }
-        if self.c.peak_outstanding > self.sc.buffers.outbox_messages {
-            problems.push(format!(
-                "a device held {} undelivered messages; buffers.outbox_messages is {}",
-                self.c.peak_outstanding, self.sc.buffers.outbox_messages
-            ));
-        }
+        problems.extend(bound_violations(&self.c, self.sc.buffers.outbox_messages));
         for (k, m) in self.msgs.iter().enumerate() {
             let Some(id) = m.id else { continue };
             let seen = counts.get(&id).copied().unwrap_or(0);
@@ -1453,5 +1498,32 @@ impl<'a> World<'a> {
         for p in problems {
             self.violation(p);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peak_above_a_buffer_bound_is_a_violation_and_one_at_it_is_not() {
+        let at = Counters {
+            peak_outstanding: 10,
+            peak_engine_peers: MAX_PEERS as u32,
+            peak_outputs_per_commit: MAX_PENDING_OUTPUTS as u32,
+            ..Counters::default()
+        };
+        assert!(bound_violations(&at, 10).is_empty());
+        let over = Counters {
+            peak_outstanding: 11,
+            peak_engine_peers: MAX_PEERS as u32 + 1,
+            peak_outputs_per_commit: MAX_PENDING_OUTPUTS as u32 + 1,
+            ..Counters::default()
+        };
+        let v = bound_violations(&over, 10);
+        assert_eq!(v.len(), 3, "{v:?}");
+        assert!(v[0].contains("11 undelivered") && v[0].contains("buffers.outbox_messages is 10"));
+        assert!(v[1].contains("MAX_PEERS"));
+        assert!(v[2].contains("MAX_PENDING_OUTPUTS"));
     }
 }
