@@ -322,9 +322,181 @@ fn hex_id(s: &str) -> Option<[u8; 16]> {
     Some(id)
 }
 
+/// A device's engine and what linking needs of it, moved out of the world while a worker
+/// thread links it with another.
+struct Side {
+    index: u32,
+    phone: String,
+    peer: String,
+    store: Arc<dyn Store>,
+    engine: Engine,
+}
+
+fn link_err(seed: u64, node: u32, message: impl std::fmt::Display) -> SimError {
+    SimError::Setup {
+        seed,
+        node,
+        message: message.to_string(),
+    }
+}
+
+/// Makes `a` and `b` contacts through the real protocol (request, accept, profile) over a
+/// temporary always-up link at virtual time 0, before the measured run.
+fn befriend(seed: u64, a: &mut Side, b: &mut Side) -> Result<(), SimError> {
+    let t = EPOCH_MS;
+    let phone_b = Phone::parse(&b.phone, None).map_err(|e| link_err(seed, a.index, e))?;
+    Book::new(a.store.as_ref())
+        .add_contact(&phone_b, None, t)
+        .map_err(|e| link_err(seed, a.index, e))?;
+    a.engine.handle_input(
+        t,
+        Input::Connected {
+            peer: b.peer.clone(),
+        },
+    );
+    b.engine.handle_input(
+        t,
+        Input::Connected {
+            peer: a.peer.clone(),
+        },
+    );
+    a.engine
+        .command(
+            t,
+            Command::RequestContact {
+                phone: phone_b.as_str().to_string(),
+                peer: b.peer.clone(),
+            },
+        )
+        .map_err(|e| link_err(seed, a.index, e))?;
+    settle_pair(seed, a, b)?;
+    a.engine.handle_input(
+        t,
+        Input::Disconnected {
+            peer: b.peer.clone(),
+        },
+    );
+    b.engine.handle_input(
+        t,
+        Input::Disconnected {
+            peer: a.peer.clone(),
+        },
+    );
+    settle_pair(seed, a, b)?;
+    for (x, y) in [(&*a, &*b), (&*b, &*a)] {
+        let linked = x
+            .store
+            .contact(&y.phone)
+            .ok()
+            .flatten()
+            .is_some_and(|c| c.card.is_some());
+        let idle = x.store.outbox().is_ok_and(|o| o.is_empty());
+        if !linked || !idle {
+            return Err(link_err(
+                seed,
+                x.index,
+                format!(
+                    "linking with device {} did not complete (linked {linked}, outbox empty {idle})",
+                    y.index
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Carries frames between `a` and `b` instantly until both are quiet; `b` accepts `a`'s
+/// contact request.
+fn settle_pair(seed: u64, a: &mut Side, b: &mut Side) -> Result<(), SimError> {
+    let t = EPOCH_MS;
+    let (a_index, a_peer) = (a.index, a.peer.clone());
+    let mut channels: HashMap<u64, (u32, u64)> = HashMap::new();
+    let mut next_channel = 1u64;
+    for _ in 0..MAX_LINKING_ROUNDS {
+        let mut moved = false;
+        for turn in 0..2 {
+            let (x, y) = if turn == 0 {
+                (&mut *a, &mut *b)
+            } else {
+                (&mut *b, &mut *a)
+            };
+            x.engine.commit().map_err(|e| link_err(seed, x.index, e))?;
+            let mut outs = Vec::new();
+            while let Some(o) = x.engine.poll_output() {
+                outs.push(o);
+            }
+            for o in outs {
+                moved = true;
+                match o {
+                    Output::Request { peer, tag, frame } if peer == y.peer => {
+                        let channel = next_channel;
+                        next_channel += 1;
+                        channels.insert(channel, (x.index, tag));
+                        y.engine.handle_input(
+                            t,
+                            Input::Request {
+                                peer: x.peer.clone(),
+                                frame,
+                                channel,
+                            },
+                        );
+                    }
+                    Output::Respond { channel, frame } => {
+                        if let Some((req, tag)) = channels.remove(&channel) {
+                            // The requester is the other side of the pair.
+                            debug_assert_eq!(req, y.index);
+                            y.engine.handle_input(
+                                t,
+                                Input::Response {
+                                    peer: x.peer.clone(),
+                                    tag,
+                                    frame,
+                                },
+                            );
+                        }
+                    }
+                    Output::Event(Event::ContactRequest { peer, .. })
+                        if x.index != a_index && peer == a_peer =>
+                    {
+                        x.engine
+                            .command(t, Command::AcceptContact { peer })
+                            .map_err(|e| link_err(seed, x.index, e))?;
+                    }
+                    Output::Event(Event::Problem { message }) => {
+                        return Err(link_err(seed, x.index, message));
+                    }
+                    Output::Event(_) => {}
+                    other => {
+                        return Err(link_err(
+                            seed,
+                            x.index,
+                            format!("unexpected output while linking: {other:?}"),
+                        ))
+                    }
+                }
+            }
+        }
+        if !moved {
+            return Ok(());
+        }
+    }
+    Err(link_err(seed, a.index, "linking did not settle"))
+}
+
 impl<'a> World<'a> {
     /// Creates every device, links workload partners as contacts, and schedules the run.
     pub fn new(sc: &'a Scenario, seed: u64) -> Result<World<'a>, SimError> {
+        let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
+        Self::with_threads(sc, seed, threads)
+    }
+
+    /// [`World::new`] linking contacts on `threads` worker threads (the result is the same
+    /// for any count).
+    pub fn with_threads(
+        sc: &'a Scenario,
+        seed: u64,
+        threads: usize,
+    ) -> Result<World<'a>, SimError> {
         let n = sc.nodes.devices;
         let mut w = World {
             sc,
@@ -367,10 +539,7 @@ impl<'a> World<'a> {
         for node in &mut w.nodes {
             node.partners.sort_unstable();
         }
-        for &(a, b) in &edges {
-            w.befriend(a, b)?;
-            w.c.contacts_linked += 1;
-        }
+        w.link_all(&edges, threads.max(1))?;
         if sc.workload.pairing == Pairing::Distinct {
             w.pair_pool = edges.into_iter().collect();
         }
@@ -453,135 +622,93 @@ impl<'a> World<'a> {
         edges
     }
 
-    fn engine_mut(&mut self, i: u32) -> &mut Engine {
-        // Only called on devices created just now, during setup.
-        self.nodes[i as usize]
-            .engine
-            .as_mut()
-            .expect("engines exist during setup")
-    }
-
-    /// Makes `a` and `b` contacts through the real protocol (request, accept, profile) over a
-    /// temporary always-up link at virtual time 0, before the measured run.
-    fn befriend(&mut self, a: u32, b: u32) -> Result<(), SimError> {
-        let t = EPOCH_MS;
-        let phone_b =
-            Phone::parse(&self.nodes[b as usize].phone, None).map_err(|e| self.setup_err(a, e))?;
-        Book::new(self.nodes[a as usize].store.as_ref())
-            .add_contact(&phone_b, None, t)
-            .map_err(|e| self.setup_err(a, e))?;
-        let (pa, pb) = (
-            self.nodes[a as usize].peer.clone(),
-            self.nodes[b as usize].peer.clone(),
-        );
-        self.engine_mut(a)
-            .handle_input(t, Input::Connected { peer: pb.clone() });
-        self.engine_mut(b)
-            .handle_input(t, Input::Connected { peer: pa.clone() });
-        self.engine_mut(a)
-            .command(
-                t,
-                Command::RequestContact {
-                    phone: phone_b.as_str().to_string(),
-                    peer: pb.clone(),
-                },
-            )
-            .map_err(|e| self.setup_err(a, e))?;
-        self.settle_pair(a, b)?;
-        self.engine_mut(a)
-            .handle_input(t, Input::Disconnected { peer: pb });
-        self.engine_mut(b)
-            .handle_input(t, Input::Disconnected { peer: pa });
-        self.settle_pair(a, b)?;
-        for (x, y) in [(a, b), (b, a)] {
-            let store = &self.nodes[x as usize].store;
-            let linked = store
-                .contact(&self.nodes[y as usize].phone)
-                .ok()
-                .flatten()
-                .is_some_and(|c| c.card.is_some());
-            let idle = store.outbox().is_ok_and(|o| o.is_empty());
-            if !linked || !idle {
-                return Err(self.setup_err(
-                    x,
-                    format!("linking with device {y} did not complete (linked {linked}, outbox empty {idle})"),
-                ));
+    /// Links every pair of `edges` as contacts. Pairs are split into rounds in which no device
+    /// appears twice (a greedy edge colouring, in sorted edge order: each pair takes the first
+    /// round free at both ends), and the pairs of a round are linked on worker threads. Every
+    /// engine goes through its own pairs in round order whatever the thread count or timing, and
+    /// an engine's state depends only on its own inputs, so the result is the same on any
+    /// machine. The first error (in round and pair order) is returned.
+    fn link_all(&mut self, edges: &BTreeSet<(u32, u32)>, threads: usize) -> Result<(), SimError> {
+        let n = self.nodes.len();
+        let mut used: Vec<Vec<u64>> = vec![Vec::new(); n];
+        let mut rounds: Vec<Vec<(u32, u32)>> = Vec::new();
+        for &(a, b) in edges {
+            let (ua, ub) = (&used[a as usize], &used[b as usize]);
+            let mut word = 0;
+            let round = loop {
+                let taken = ua.get(word).copied().unwrap_or(0) | ub.get(word).copied().unwrap_or(0);
+                if taken != u64::MAX {
+                    break word * 64 + (!taken).trailing_zeros() as usize;
+                }
+                word += 1;
+            };
+            for x in [a, b] {
+                let u = &mut used[x as usize];
+                if u.len() <= round / 64 {
+                    u.resize(round / 64 + 1, 0);
+                }
+                u[round / 64] |= 1 << (round % 64);
+            }
+            if rounds.len() <= round {
+                rounds.resize_with(round + 1, Vec::new);
+            }
+            rounds[round].push((a, b));
+        }
+        let seed = self.seed;
+        for round in rounds {
+            let mut jobs: Vec<(Side, Side)> = Vec::with_capacity(round.len());
+            for &(a, b) in &round {
+                let sa = self.take_side(a)?;
+                let sb = self.take_side(b)?;
+                jobs.push((sa, sb));
+            }
+            let chunk = jobs.len().div_ceil(threads).max(1);
+            let results: Vec<Result<(), SimError>> = if threads == 1 || jobs.len() < 2 {
+                jobs.iter_mut().map(|(a, b)| befriend(seed, a, b)).collect()
+            } else {
+                std::thread::scope(|scope| {
+                    let handles: Vec<_> = jobs
+                        .chunks_mut(chunk)
+                        .map(|part| {
+                            scope.spawn(move || {
+                                part.iter_mut()
+                                    .map(|(a, b)| befriend(seed, a, b))
+                                    .collect::<Vec<_>>()
+                            })
+                        })
+                        .collect();
+                    handles
+                        .into_iter()
+                        .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                        .collect()
+                })
+            };
+            for (a, b) in jobs {
+                self.nodes[a.index as usize].engine = Some(a.engine);
+                self.nodes[b.index as usize].engine = Some(b.engine);
+            }
+            for r in results {
+                r?;
+                self.c.contacts_linked += 1;
             }
         }
         Ok(())
     }
 
-    /// Carries frames between `a` and `b` instantly until both are quiet; `b` accepts `a`'s
-    /// contact request.
-    fn settle_pair(&mut self, a: u32, b: u32) -> Result<(), SimError> {
-        let t = EPOCH_MS;
-        let mut channels: HashMap<u64, (u32, u64)> = HashMap::new();
-        let mut next_channel = 1u64;
-        for _ in 0..MAX_LINKING_ROUNDS {
-            let mut moved = false;
-            for (x, y) in [(a, b), (b, a)] {
-                let px = self.nodes[x as usize].peer.clone();
-                let py = self.nodes[y as usize].peer.clone();
-                self.engine_mut(x)
-                    .commit()
-                    .map_err(|e| self.setup_err(x, e))?;
-                let mut outs = Vec::new();
-                while let Some(o) = self.engine_mut(x).poll_output() {
-                    outs.push(o);
-                }
-                for o in outs {
-                    moved = true;
-                    match o {
-                        Output::Request { peer, tag, frame } if peer == py => {
-                            let channel = next_channel;
-                            next_channel += 1;
-                            channels.insert(channel, (x, tag));
-                            self.engine_mut(y).handle_input(
-                                t,
-                                Input::Request {
-                                    peer: px.clone(),
-                                    frame,
-                                    channel,
-                                },
-                            );
-                        }
-                        Output::Respond { channel, frame } => {
-                            if let Some((req, tag)) = channels.remove(&channel) {
-                                self.engine_mut(req).handle_input(
-                                    t,
-                                    Input::Response {
-                                        peer: px.clone(),
-                                        tag,
-                                        frame,
-                                    },
-                                );
-                            }
-                        }
-                        Output::Event(Event::ContactRequest { peer, .. })
-                            if x == b && peer == self.nodes[a as usize].peer =>
-                        {
-                            self.engine_mut(b)
-                                .command(t, Command::AcceptContact { peer })
-                                .map_err(|e| self.setup_err(b, e))?;
-                        }
-                        Output::Event(Event::Problem { message }) => {
-                            return Err(self.setup_err(x, message));
-                        }
-                        Output::Event(_) => {}
-                        other => {
-                            return Err(self.setup_err(
-                                x,
-                                format!("unexpected output while linking: {other:?}"),
-                            ))
-                        }
-                    }
-                }
-            }
-            if !moved {
-                return Ok(());
-            }
-        }
-        Err(self.setup_err(a, "linking did not settle"))
+    fn take_side(&mut self, i: u32) -> Result<Side, SimError> {
+        let node = &mut self.nodes[i as usize];
+        let engine = node.engine.take().ok_or_else(|| SimError::Setup {
+            seed: self.seed,
+            node: i,
+            message: "no engine while linking".into(),
+        })?;
+        Ok(Side {
+            index: i,
+            phone: node.phone.clone(),
+            peer: node.peer.clone(),
+            store: node.store.clone(),
+            engine,
+        })
     }
 
     // ----- scheduling -------------------------------------------------------------------------
@@ -1525,5 +1652,38 @@ mod tests {
         assert!(v[0].contains("11 undelivered") && v[0].contains("buffers.outbox_messages is 10"));
         assert!(v[1].contains("MAX_PEERS"));
         assert!(v[2].contains("MAX_PENDING_OUTPUTS"));
+    }
+
+    #[test]
+    fn linking_on_several_threads_gives_the_same_run_as_on_one() {
+        let sc = Scenario::from_toml_str(
+            r#"
+duration = "10m"
+[nodes]
+devices = 12
+[mobility]
+kind = "static_grid"
+area = [60.0, 60.0]
+[radio]
+range = 25.0
+[link]
+loss = 0.05
+[workload]
+rate_per_hour = 60.0
+contacts = 4
+"#,
+            std::path::Path::new("."),
+        )
+        .unwrap();
+        let run = |threads| {
+            let w = World::with_threads(&sc, 3, threads).unwrap();
+            let linked = w.c.contacts_linked;
+            let out = w.run(&mut |_| {}).unwrap();
+            let r = crate::report::build(&sc, 3, out);
+            (linked, r.csv(), serde_json::to_string(&r.summary).unwrap())
+        };
+        let one = run(1);
+        assert!(one.0 >= 24, "every device linked 4 partners: {}", one.0);
+        assert_eq!(one, run(3));
     }
 }
