@@ -61,9 +61,19 @@ fn main() {
         reset_peak_rss();
         let started = Instant::now();
         let mut setup_done: Option<f64> = None;
-        let report = simulate(&sc, sc.seed, &mut |_| {
+        let mut next_note = 0.0;
+        let report = simulate(&sc, sc.seed, &mut |f| {
             // The first progress report comes with the first event, after setup.
             setup_done.get_or_insert_with(|| started.elapsed().as_secs_f64());
+            // A line per 5% on stderr, so a long run can be extrapolated while it goes.
+            if f >= next_note {
+                eprintln!(
+                    "{name}: {:>3.0}% of virtual time after {:.0} s",
+                    f * 100.0,
+                    started.elapsed().as_secs_f64()
+                );
+                next_note = f + 0.05;
+            }
         });
         let wall = started.elapsed().as_secs_f64();
         let report = match report {
