@@ -231,6 +231,22 @@ pub enum SimCmd {
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
     },
+    /// Run a scenario once per seed (and per combination of --set values) and aggregate every
+    /// metric as mean, standard deviation and 95% confidence interval (sweep.json, sweep.csv)
+    Sweep {
+        /// The scenario file (TOML)
+        scenario: PathBuf,
+        /// Seeds to run, both ends included: A..B (1..20 is 20 runs) or one seed
+        #[arg(long, value_name = "A..B")]
+        seeds: String,
+        /// Replace a scenario value, by key path: workload.rate_per_hour=5; several values
+        /// (v1,v2,...) sweep over them; repeat --set for a grid of combinations
+        #[arg(long = "set", value_name = "KEY=VALUES")]
+        set: Vec<String>,
+        /// Output directory [default: sim-out/<scenario name>-sweep]
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]

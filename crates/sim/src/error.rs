@@ -49,6 +49,13 @@ pub enum SimError {
     /// An end-of-run check failed: a bug in the engine or the simulator.
     #[error("invariant violated with seed {seed} (rerun with this seed to reproduce): {}", violations.join("; "))]
     Invariant { seed: u64, violations: Vec<String> },
+    /// A command-line value (`--seeds`, `--set`) is malformed.
+    #[error("{option} {value}: {message}")]
+    Argument {
+        option: &'static str,
+        value: String,
+        message: String,
+    },
     #[error("could not draw {what}: {message}")]
     Plot { what: &'static str, message: String },
 }

@@ -23,6 +23,7 @@ mod error;
 pub mod mobility;
 mod report;
 pub mod scenario;
+pub mod sweep;
 pub mod trace;
 pub mod units;
 mod world;

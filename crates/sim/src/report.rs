@@ -59,10 +59,60 @@ pub struct Summary {
     pub contacts_linked: u64,
     pub restarts: u64,
     pub peak_outbox_messages: u32,
+    pub peak_engine_peers: u32,
+    pub peak_outputs_per_commit: u32,
     pub engine_problems: u64,
     pub timer_spins: u64,
     pub events: u64,
     pub notes: Vec<String>,
+}
+
+impl Summary {
+    /// Every numeric metric (all fields but `seed`, the hash, names and notes), in this
+    /// struct's order, with latency's fields as `latency_ms.mean` and so on; None where the
+    /// summary has null. `sim sweep` aggregates these.
+    pub fn metrics(&self) -> Vec<(&'static str, Option<f64>)> {
+        let l = self.latency_ms.as_ref();
+        let u = |v: u64| Some(v as f64);
+        vec![
+            ("devices", u(self.devices.into())),
+            ("relays", u(self.relays.into())),
+            ("duration_ms", u(self.duration_ms)),
+            ("node_hours", Some(self.node_hours)),
+            ("created", u(self.created)),
+            ("delivered", u(self.delivered)),
+            ("delivery_probability", self.delivery_probability),
+            ("latency_ms.mean", l.map(|l| l.mean)),
+            ("latency_ms.median", l.map(|l| l.median as f64)),
+            ("latency_ms.p95", l.map(|l| l.p95 as f64)),
+            ("latency_ms.max", l.map(|l| l.max as f64)),
+            ("overhead_ratio", self.overhead_ratio),
+            ("mean_hop_count", self.mean_hop_count),
+            ("duplicates", u(self.duplicates)),
+            ("peak_relay_storage_bytes", u(self.peak_relay_storage_bytes)),
+            ("delivered_after_ttl", u(self.delivered_after_ttl)),
+            ("dropped_buffer_full", u(self.dropped_buffer_full)),
+            ("send_errors", u(self.send_errors)),
+            ("not_created_device_down", u(self.not_created_device_down)),
+            ("acknowledged", u(self.acknowledged)),
+            ("frames_sent", u(self.frames_sent)),
+            ("bytes_sent", u(self.bytes_sent)),
+            ("frames_lost", u(self.frames_lost)),
+            ("requests_failed", u(self.requests_failed)),
+            ("link_ups", u(self.link_ups)),
+            ("contacts_linked", u(self.contacts_linked)),
+            ("restarts", u(self.restarts)),
+            ("peak_outbox_messages", u(self.peak_outbox_messages.into())),
+            ("peak_engine_peers", u(self.peak_engine_peers.into())),
+            (
+                "peak_outputs_per_commit",
+                u(self.peak_outputs_per_commit.into()),
+            ),
+            ("engine_problems", u(self.engine_problems)),
+            ("timer_spins", u(self.timer_spins)),
+            ("events", u(self.events)),
+        ]
+    }
 }
 
 /// A finished run: its summary and one row per message.
@@ -166,6 +216,8 @@ pub fn build(sc: &Scenario, seed: u64, out: Outcome) -> Report {
         contacts_linked: c.contacts_linked,
         restarts: c.restarts,
         peak_outbox_messages: c.peak_outstanding,
+        peak_engine_peers: c.peak_engine_peers,
+        peak_outputs_per_commit: c.peak_outputs_per_commit,
         engine_problems: c.engine_problems,
         timer_spins: c.timer_spins,
         events: c.events,
@@ -391,7 +443,78 @@ fn draw(
 
 #[cfg(test)]
 mod tests {
-    use super::nearest_rank;
+    use super::{nearest_rank, LatencyStats, Summary};
+
+    #[test]
+    fn metrics_lists_every_numeric_field_of_the_summary() {
+        let s = Summary {
+            seed: 1,
+            scenario_hash: "h".into(),
+            crypto: true,
+            routing: "direct".into(),
+            devices: 2,
+            relays: 3,
+            duration_ms: 4,
+            node_hours: 5.5,
+            created: 6,
+            delivered: 7,
+            delivery_probability: Some(0.8),
+            latency_ms: Some(LatencyStats {
+                mean: 9.5,
+                median: 10,
+                p95: 11,
+                max: 12,
+            }),
+            overhead_ratio: Some(13.5),
+            mean_hop_count: Some(1.0),
+            duplicates: 14,
+            peak_relay_storage_bytes: 15,
+            delivered_after_ttl: 16,
+            dropped_buffer_full: 17,
+            send_errors: 18,
+            not_created_device_down: 19,
+            acknowledged: 20,
+            frames_sent: 21,
+            bytes_sent: 22,
+            frames_lost: 23,
+            requests_failed: 24,
+            link_ups: 25,
+            contacts_linked: 26,
+            restarts: 27,
+            peak_outbox_messages: 28,
+            peak_engine_peers: 32,
+            peak_outputs_per_commit: 33,
+            engine_problems: 29,
+            timer_spins: 30,
+            events: 31,
+            notes: vec![],
+        };
+        let mut numeric = Vec::new();
+        let json = serde_json::to_value(&s).unwrap();
+        for (k, v) in json.as_object().unwrap() {
+            if let Some(o) = v.as_object() {
+                for (k2, v2) in o {
+                    numeric.push((format!("{k}.{k2}"), v2.as_f64().unwrap()));
+                }
+            } else if let Some(x) = v.as_f64() {
+                if k != "seed" {
+                    numeric.push((k.clone(), x));
+                }
+            }
+        }
+        let listed: Vec<(String, f64)> = s
+            .metrics()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.unwrap()))
+            .collect();
+        numeric.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut sorted = listed.clone();
+        sorted.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            sorted, numeric,
+            "a new numeric summary field must be added to metrics()"
+        );
+    }
 
     #[test]
     fn nearest_rank_quantiles() {

@@ -392,12 +392,75 @@ impl Scenario {
         Self::parse(text, "scenario", base_dir)
     }
 
+    /// Reads a scenario file with values replaced or added at key paths (`workload.rate_per_hour`,
+    /// `faults.crashes[0].node`), as `sim sweep --set` does. Each value is checked exactly as if
+    /// it were written in the file; errors name the key.
+    pub fn from_toml_file_with(
+        path: &Path,
+        sets: &[(String, toml::Value)],
+    ) -> Result<Scenario, SimError> {
+        if sets.is_empty() {
+            return Self::from_toml_file(path);
+        }
+        let label = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| SimError::Io {
+            action: "read",
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse_with(&text, &label, base, sets)
+    }
+
+    /// [`Scenario::from_toml_str`] with values set at key paths.
+    pub fn from_toml_str_with(
+        text: &str,
+        base_dir: &Path,
+        sets: &[(String, toml::Value)],
+    ) -> Result<Scenario, SimError> {
+        Self::parse_with(text, "scenario", base_dir, sets)
+    }
+
+    fn parse_with(
+        text: &str,
+        label: &str,
+        base_dir: &Path,
+        sets: &[(String, toml::Value)],
+    ) -> Result<Scenario, SimError> {
+        if sets.is_empty() {
+            return Self::parse(text, label, base_dir);
+        }
+        let mut table: toml::Table =
+            text.parse()
+                .map_err(|e: toml::de::Error| SimError::Syntax {
+                    file: label.to_string(),
+                    message: one_line(&e.to_string()),
+                })?;
+        for (key, value) in sets {
+            set_path(&mut table, key, value.clone()).map_err(|message| SimError::Scenario {
+                file: label.to_string(),
+                key: key.clone(),
+                message,
+            })?;
+        }
+        let scenario = serde_path_to_error::deserialize(toml::Value::Table(table));
+        Self::finish(scenario, label, base_dir)
+    }
+
     fn parse(text: &str, label: &str, base_dir: &Path) -> Result<Scenario, SimError> {
         let de = toml::Deserializer::parse(text).map_err(|e| SimError::Syntax {
             file: label.to_string(),
             message: one_line(&e.to_string()),
         })?;
-        let mut scenario: Scenario = serde_path_to_error::deserialize(de).map_err(|e| {
+        Self::finish(serde_path_to_error::deserialize(de), label, base_dir)
+    }
+
+    fn finish<E: std::fmt::Display>(
+        parsed: Result<Scenario, serde_path_to_error::Error<E>>,
+        label: &str,
+        base_dir: &Path,
+    ) -> Result<Scenario, SimError> {
+        let mut scenario: Scenario = parsed.map_err(|e| {
             let key = e.path().to_string();
             let message = one_line(&e.inner().to_string());
             if key == "." {
@@ -693,6 +756,61 @@ impl Scenario {
     pub fn workload_stop(&self) -> Millis {
         self.workload.stop.unwrap_or(self.duration)
     }
+}
+
+/// Sets `value` at a key path such as `workload.rate_per_hour` or `faults.crashes[0].node`:
+/// missing tables are created, array elements must exist. The error says what is wrong with the
+/// path.
+fn set_path(table: &mut toml::Table, key: &str, value: toml::Value) -> Result<(), String> {
+    let parts: Vec<&str> = key.split('.').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err("expected a key path such as `workload.rate_per_hour`".into());
+    }
+    let mut cur = table;
+    for (k, part) in parts.iter().enumerate() {
+        let last = k + 1 == parts.len();
+        let (name, index) = match part.split_once('[') {
+            Some((name, rest)) => {
+                let i = rest
+                    .strip_suffix(']')
+                    .and_then(|i| i.parse::<usize>().ok())
+                    .ok_or_else(|| format!("`{part}`: expected `name[index]`"))?;
+                (name, Some(i))
+            }
+            None => (*part, None),
+        };
+        if name.is_empty() {
+            return Err(format!("`{part}`: expected a key name"));
+        }
+        let slot = match index {
+            None if last => {
+                cur.insert(name.to_string(), value);
+                return Ok(());
+            }
+            None => cur
+                .entry(name.to_string())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new())),
+            Some(i) => {
+                let arr = cur
+                    .get_mut(name)
+                    .and_then(toml::Value::as_array_mut)
+                    .ok_or_else(|| format!("`{name}` is not a list in the scenario"))?;
+                let len = arr.len();
+                let slot = arr
+                    .get_mut(i)
+                    .ok_or_else(|| format!("`{name}` has {len} entries; there is no [{i}]"))?;
+                if last {
+                    *slot = value;
+                    return Ok(());
+                }
+                slot
+            }
+        };
+        cur = slot
+            .as_table_mut()
+            .ok_or_else(|| format!("`{}` is not a table", parts[..=k].join(".")))?;
+    }
+    Ok(())
 }
 
 /// toml's errors span several lines: a location, a source excerpt, then the message. Keep the

@@ -15,7 +15,10 @@ use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
 
 use instaconnect_core::book::Book;
-use instaconnect_core::engine::{Command, Engine, Event, Input, Output, MAX_HELD_PER_CONVERSATION};
+use instaconnect_core::engine::{
+    Command, Engine, Event, Input, Output, MAX_HELD_PER_CONVERSATION, MAX_PEERS,
+    MAX_PENDING_OUTPUTS,
+};
 use instaconnect_core::phone::Phone;
 use instaconnect_store::{MemStore, Op, Store};
 use instaconnect_wire::records::{AccountRecord, DeliveryState, Direction};
@@ -71,6 +74,36 @@ pub struct Counters {
     pub restarts: u64,
     pub contacts_linked: u64,
     pub peak_outstanding: u32,
+    /// Most devices one engine kept in its peer table: read at the end of the run, and at every
+    /// new connection of a device that could have passed `MAX_PEERS` by then.
+    pub peak_engine_peers: u32,
+    /// Most outputs one engine released in one commit.
+    pub peak_outputs_per_commit: u32,
+}
+
+/// The buffer bounds every run checks, against the peaks it observed. Each bound is the
+/// engine's or the scenario's own constant; a peak above it is a violation.
+pub fn bound_violations(c: &Counters, outbox_messages: u32) -> Vec<String> {
+    let mut v = Vec::new();
+    if c.peak_outstanding > outbox_messages {
+        v.push(format!(
+            "a device held {} undelivered messages; buffers.outbox_messages is {outbox_messages}",
+            c.peak_outstanding
+        ));
+    }
+    if c.peak_engine_peers as usize > MAX_PEERS {
+        v.push(format!(
+            "an engine kept {} peers; its bound MAX_PEERS is {MAX_PEERS}",
+            c.peak_engine_peers
+        ));
+    }
+    if c.peak_outputs_per_commit as usize > MAX_PENDING_OUTPUTS {
+        v.push(format!(
+            "an engine released {} outputs in one commit; its bound MAX_PENDING_OUTPUTS is {MAX_PENDING_OUTPUTS}",
+            c.peak_outputs_per_commit
+        ));
+    }
+    v
 }
 
 /// What a finished run hands to the report.
@@ -174,6 +207,8 @@ struct Node {
     partners: Vec<u32>,
     /// Messages handed to the engine and not yet acknowledged.
     outstanding: u32,
+    /// Distinct devices this device connected to during the run.
+    met: HashSet<u32>,
 }
 
 struct Link {
@@ -290,9 +325,181 @@ fn hex_id(s: &str) -> Option<[u8; 16]> {
     Some(id)
 }
 
+/// A device's engine and what linking needs of it, moved out of the world while a worker
+/// thread links it with another.
+struct Side {
+    index: u32,
+    phone: String,
+    peer: String,
+    store: Arc<dyn Store>,
+    engine: Engine,
+}
+
+fn link_err(seed: u64, node: u32, message: impl std::fmt::Display) -> SimError {
+    SimError::Setup {
+        seed,
+        node,
+        message: message.to_string(),
+    }
+}
+
+/// Makes `a` and `b` contacts through the real protocol (request, accept, profile) over a
+/// temporary always-up link at virtual time 0, before the measured run.
+fn befriend(seed: u64, a: &mut Side, b: &mut Side) -> Result<(), SimError> {
+    let t = EPOCH_MS;
+    let phone_b = Phone::parse(&b.phone, None).map_err(|e| link_err(seed, a.index, e))?;
+    Book::new(a.store.as_ref())
+        .add_contact(&phone_b, None, t)
+        .map_err(|e| link_err(seed, a.index, e))?;
+    a.engine.handle_input(
+        t,
+        Input::Connected {
+            peer: b.peer.clone(),
+        },
+    );
+    b.engine.handle_input(
+        t,
+        Input::Connected {
+            peer: a.peer.clone(),
+        },
+    );
+    a.engine
+        .command(
+            t,
+            Command::RequestContact {
+                phone: phone_b.as_str().to_string(),
+                peer: b.peer.clone(),
+            },
+        )
+        .map_err(|e| link_err(seed, a.index, e))?;
+    settle_pair(seed, a, b)?;
+    a.engine.handle_input(
+        t,
+        Input::Disconnected {
+            peer: b.peer.clone(),
+        },
+    );
+    b.engine.handle_input(
+        t,
+        Input::Disconnected {
+            peer: a.peer.clone(),
+        },
+    );
+    settle_pair(seed, a, b)?;
+    for (x, y) in [(&*a, &*b), (&*b, &*a)] {
+        let linked = x
+            .store
+            .contact(&y.phone)
+            .ok()
+            .flatten()
+            .is_some_and(|c| c.card.is_some());
+        let idle = x.store.outbox().is_ok_and(|o| o.is_empty());
+        if !linked || !idle {
+            return Err(link_err(
+                seed,
+                x.index,
+                format!(
+                    "linking with device {} did not complete (linked {linked}, outbox empty {idle})",
+                    y.index
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Carries frames between `a` and `b` instantly until both are quiet; `b` accepts `a`'s
+/// contact request.
+fn settle_pair(seed: u64, a: &mut Side, b: &mut Side) -> Result<(), SimError> {
+    let t = EPOCH_MS;
+    let (a_index, a_peer) = (a.index, a.peer.clone());
+    let mut channels: HashMap<u64, (u32, u64)> = HashMap::new();
+    let mut next_channel = 1u64;
+    for _ in 0..MAX_LINKING_ROUNDS {
+        let mut moved = false;
+        for turn in 0..2 {
+            let (x, y) = if turn == 0 {
+                (&mut *a, &mut *b)
+            } else {
+                (&mut *b, &mut *a)
+            };
+            x.engine.commit().map_err(|e| link_err(seed, x.index, e))?;
+            let mut outs = Vec::new();
+            while let Some(o) = x.engine.poll_output() {
+                outs.push(o);
+            }
+            for o in outs {
+                moved = true;
+                match o {
+                    Output::Request { peer, tag, frame } if peer == y.peer => {
+                        let channel = next_channel;
+                        next_channel += 1;
+                        channels.insert(channel, (x.index, tag));
+                        y.engine.handle_input(
+                            t,
+                            Input::Request {
+                                peer: x.peer.clone(),
+                                frame,
+                                channel,
+                            },
+                        );
+                    }
+                    Output::Respond { channel, frame } => {
+                        if let Some((req, tag)) = channels.remove(&channel) {
+                            // The requester is the other side of the pair.
+                            debug_assert_eq!(req, y.index);
+                            y.engine.handle_input(
+                                t,
+                                Input::Response {
+                                    peer: x.peer.clone(),
+                                    tag,
+                                    frame,
+                                },
+                            );
+                        }
+                    }
+                    Output::Event(Event::ContactRequest { peer, .. })
+                        if x.index != a_index && peer == a_peer =>
+                    {
+                        x.engine
+                            .command(t, Command::AcceptContact { peer })
+                            .map_err(|e| link_err(seed, x.index, e))?;
+                    }
+                    Output::Event(Event::Problem { message }) => {
+                        return Err(link_err(seed, x.index, message));
+                    }
+                    Output::Event(_) => {}
+                    other => {
+                        return Err(link_err(
+                            seed,
+                            x.index,
+                            format!("unexpected output while linking: {other:?}"),
+                        ))
+                    }
+                }
+            }
+        }
+        if !moved {
+            return Ok(());
+        }
+    }
+    Err(link_err(seed, a.index, "linking did not settle"))
+}
+
 impl<'a> World<'a> {
     /// Creates every device, links workload partners as contacts, and schedules the run.
     pub fn new(sc: &'a Scenario, seed: u64) -> Result<World<'a>, SimError> {
+        let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
+        Self::with_threads(sc, seed, threads)
+    }
+
+    /// [`World::new`] linking contacts on `threads` worker threads (the result is the same
+    /// for any count).
+    pub fn with_threads(
+        sc: &'a Scenario,
+        seed: u64,
+        threads: usize,
+    ) -> Result<World<'a>, SimError> {
         let n = sc.nodes.devices;
         let mut w = World {
             sc,
@@ -335,10 +542,7 @@ impl<'a> World<'a> {
         for node in &mut w.nodes {
             node.partners.sort_unstable();
         }
-        for &(a, b) in &edges {
-            w.befriend(a, b)?;
-            w.c.contacts_linked += 1;
-        }
+        w.link_all(&edges, threads.max(1))?;
         if sc.workload.pairing == Pairing::Distinct {
             w.pair_pool = edges.into_iter().collect();
         }
@@ -393,6 +597,7 @@ impl<'a> World<'a> {
             links: BTreeSet::new(),
             partners: Vec::new(),
             outstanding: 0,
+            met: HashSet::new(),
         });
         Ok(())
     }
@@ -421,135 +626,93 @@ impl<'a> World<'a> {
         edges
     }
 
-    fn engine_mut(&mut self, i: u32) -> &mut Engine {
-        // Only called on devices created just now, during setup.
-        self.nodes[i as usize]
-            .engine
-            .as_mut()
-            .expect("engines exist during setup")
-    }
-
-    /// Makes `a` and `b` contacts through the real protocol (request, accept, profile) over a
-    /// temporary always-up link at virtual time 0, before the measured run.
-    fn befriend(&mut self, a: u32, b: u32) -> Result<(), SimError> {
-        let t = EPOCH_MS;
-        let phone_b =
-            Phone::parse(&self.nodes[b as usize].phone, None).map_err(|e| self.setup_err(a, e))?;
-        Book::new(self.nodes[a as usize].store.as_ref())
-            .add_contact(&phone_b, None, t)
-            .map_err(|e| self.setup_err(a, e))?;
-        let (pa, pb) = (
-            self.nodes[a as usize].peer.clone(),
-            self.nodes[b as usize].peer.clone(),
-        );
-        self.engine_mut(a)
-            .handle_input(t, Input::Connected { peer: pb.clone() });
-        self.engine_mut(b)
-            .handle_input(t, Input::Connected { peer: pa.clone() });
-        self.engine_mut(a)
-            .command(
-                t,
-                Command::RequestContact {
-                    phone: phone_b.as_str().to_string(),
-                    peer: pb.clone(),
-                },
-            )
-            .map_err(|e| self.setup_err(a, e))?;
-        self.settle_pair(a, b)?;
-        self.engine_mut(a)
-            .handle_input(t, Input::Disconnected { peer: pb });
-        self.engine_mut(b)
-            .handle_input(t, Input::Disconnected { peer: pa });
-        self.settle_pair(a, b)?;
-        for (x, y) in [(a, b), (b, a)] {
-            let store = &self.nodes[x as usize].store;
-            let linked = store
-                .contact(&self.nodes[y as usize].phone)
-                .ok()
-                .flatten()
-                .is_some_and(|c| c.card.is_some());
-            let idle = store.outbox().is_ok_and(|o| o.is_empty());
-            if !linked || !idle {
-                return Err(self.setup_err(
-                    x,
-                    format!("linking with device {y} did not complete (linked {linked}, outbox empty {idle})"),
-                ));
+    /// Links every pair of `edges` as contacts. Pairs are split into rounds in which no device
+    /// appears twice (a greedy edge colouring, in sorted edge order: each pair takes the first
+    /// round free at both ends), and the pairs of a round are linked on worker threads. Every
+    /// engine goes through its own pairs in round order whatever the thread count or timing, and
+    /// an engine's state depends only on its own inputs, so the result is the same on any
+    /// machine. The first error (in round and pair order) is returned.
+    fn link_all(&mut self, edges: &BTreeSet<(u32, u32)>, threads: usize) -> Result<(), SimError> {
+        let n = self.nodes.len();
+        let mut used: Vec<Vec<u64>> = vec![Vec::new(); n];
+        let mut rounds: Vec<Vec<(u32, u32)>> = Vec::new();
+        for &(a, b) in edges {
+            let (ua, ub) = (&used[a as usize], &used[b as usize]);
+            let mut word = 0;
+            let round = loop {
+                let taken = ua.get(word).copied().unwrap_or(0) | ub.get(word).copied().unwrap_or(0);
+                if taken != u64::MAX {
+                    break word * 64 + (!taken).trailing_zeros() as usize;
+                }
+                word += 1;
+            };
+            for x in [a, b] {
+                let u = &mut used[x as usize];
+                if u.len() <= round / 64 {
+                    u.resize(round / 64 + 1, 0);
+                }
+                u[round / 64] |= 1 << (round % 64);
+            }
+            if rounds.len() <= round {
+                rounds.resize_with(round + 1, Vec::new);
+            }
+            rounds[round].push((a, b));
+        }
+        let seed = self.seed;
+        for round in rounds {
+            let mut jobs: Vec<(Side, Side)> = Vec::with_capacity(round.len());
+            for &(a, b) in &round {
+                let sa = self.take_side(a)?;
+                let sb = self.take_side(b)?;
+                jobs.push((sa, sb));
+            }
+            let chunk = jobs.len().div_ceil(threads).max(1);
+            let results: Vec<Result<(), SimError>> = if threads == 1 || jobs.len() < 2 {
+                jobs.iter_mut().map(|(a, b)| befriend(seed, a, b)).collect()
+            } else {
+                std::thread::scope(|scope| {
+                    let handles: Vec<_> = jobs
+                        .chunks_mut(chunk)
+                        .map(|part| {
+                            scope.spawn(move || {
+                                part.iter_mut()
+                                    .map(|(a, b)| befriend(seed, a, b))
+                                    .collect::<Vec<_>>()
+                            })
+                        })
+                        .collect();
+                    handles
+                        .into_iter()
+                        .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                        .collect()
+                })
+            };
+            for (a, b) in jobs {
+                self.nodes[a.index as usize].engine = Some(a.engine);
+                self.nodes[b.index as usize].engine = Some(b.engine);
+            }
+            for r in results {
+                r?;
+                self.c.contacts_linked += 1;
             }
         }
         Ok(())
     }
 
-    /// Carries frames between `a` and `b` instantly until both are quiet; `b` accepts `a`'s
-    /// contact request.
-    fn settle_pair(&mut self, a: u32, b: u32) -> Result<(), SimError> {
-        let t = EPOCH_MS;
-        let mut channels: HashMap<u64, (u32, u64)> = HashMap::new();
-        let mut next_channel = 1u64;
-        for _ in 0..MAX_LINKING_ROUNDS {
-            let mut moved = false;
-            for (x, y) in [(a, b), (b, a)] {
-                let px = self.nodes[x as usize].peer.clone();
-                let py = self.nodes[y as usize].peer.clone();
-                self.engine_mut(x)
-                    .commit()
-                    .map_err(|e| self.setup_err(x, e))?;
-                let mut outs = Vec::new();
-                while let Some(o) = self.engine_mut(x).poll_output() {
-                    outs.push(o);
-                }
-                for o in outs {
-                    moved = true;
-                    match o {
-                        Output::Request { peer, tag, frame } if peer == py => {
-                            let channel = next_channel;
-                            next_channel += 1;
-                            channels.insert(channel, (x, tag));
-                            self.engine_mut(y).handle_input(
-                                t,
-                                Input::Request {
-                                    peer: px.clone(),
-                                    frame,
-                                    channel,
-                                },
-                            );
-                        }
-                        Output::Respond { channel, frame } => {
-                            if let Some((req, tag)) = channels.remove(&channel) {
-                                self.engine_mut(req).handle_input(
-                                    t,
-                                    Input::Response {
-                                        peer: px.clone(),
-                                        tag,
-                                        frame,
-                                    },
-                                );
-                            }
-                        }
-                        Output::Event(Event::ContactRequest { peer, .. })
-                            if x == b && peer == self.nodes[a as usize].peer =>
-                        {
-                            self.engine_mut(b)
-                                .command(t, Command::AcceptContact { peer })
-                                .map_err(|e| self.setup_err(b, e))?;
-                        }
-                        Output::Event(Event::Problem { message }) => {
-                            return Err(self.setup_err(x, message));
-                        }
-                        Output::Event(_) => {}
-                        other => {
-                            return Err(self.setup_err(
-                                x,
-                                format!("unexpected output while linking: {other:?}"),
-                            ))
-                        }
-                    }
-                }
-            }
-            if !moved {
-                return Ok(());
-            }
-        }
-        Err(self.setup_err(a, "linking did not settle"))
+    fn take_side(&mut self, i: u32) -> Result<Side, SimError> {
+        let node = &mut self.nodes[i as usize];
+        let engine = node.engine.take().ok_or_else(|| SimError::Setup {
+            seed: self.seed,
+            node: i,
+            message: "no engine while linking".into(),
+        })?;
+        Ok(Side {
+            index: i,
+            phone: node.phone.clone(),
+            peer: node.peer.clone(),
+            store: node.store.clone(),
+            engine,
+        })
     }
 
     // ----- scheduling -------------------------------------------------------------------------
@@ -1118,6 +1281,19 @@ impl<'a> World<'a> {
         );
         self.input(a, Input::Connected { peer: pb });
         self.input(b, Input::Connected { peer: pa });
+        // A new connection is what grows an engine's peer table. It holds at most the devices
+        // it was linked with before the run plus the distinct devices it connected to since, so
+        // it can only pass MAX_PEERS after meeting that many; from then on it is read (a copy
+        // of the table, too dear to take at every connection of every device).
+        for (i, j) in [(a, b), (b, a)] {
+            let n = &mut self.nodes[i as usize];
+            n.met.insert(j);
+            if n.met.len() + n.partners.len() > MAX_PEERS {
+                if let Some(e) = n.engine.as_ref() {
+                    self.c.peak_engine_peers = self.c.peak_engine_peers.max(e.peers().len() as u32);
+                }
+            }
+        }
     }
 
     fn link_down(&mut self, a: u32, b: u32) {
@@ -1197,6 +1373,7 @@ impl<'a> World<'a> {
             outs.push(o);
         }
         let next = engine.poll_timeout();
+        self.c.peak_outputs_per_commit = self.c.peak_outputs_per_commit.max(outs.len() as u32);
         // Frames to different devices travel independent links: order them by destination
         // (stable, so each link keeps the engine's order) to keep the engine's hash-map
         // iteration order out of the run.
@@ -1374,10 +1551,21 @@ impl<'a> World<'a> {
     // ----- end of run -------------------------------------------------------------------------
 
     /// Every message its sender saw delivered is in its recipient's store exactly once (shown
-    /// in the conversation, or held behind a gap); no buffer bound was exceeded.
+    /// in the conversation, or held behind a gap); no buffer bound was exceeded: the outbox
+    /// bound (during the run and in the store at the end), texts held behind a gap per
+    /// conversation (at the end), the engines' peer tables (at every connection) and outputs
+    /// per commit (at every commit).
     fn check_invariants(&mut self) {
         let mut counts: HashMap<[u8; 16], u32> = HashMap::new();
         let mut problems = Vec::new();
+        let peers = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.engine.as_ref())
+            .map(|e| e.peers().len() as u32)
+            .max()
+            .unwrap_or(0);
+        self.c.peak_engine_peers = self.c.peak_engine_peers.max(peers);
         for (r, node) in self.nodes.iter().enumerate() {
             for &p in &node.partners {
                 let phone = &self.nodes[p as usize].phone;
@@ -1423,12 +1611,7 @@ impl<'a> World<'a> {
                 Err(e) => problems.push(format!("device {r}: reading outbox: {e}")),
             }
         }
-        if self.c.peak_outstanding > self.sc.buffers.outbox_messages {
-            problems.push(format!(
-                "a device held {} undelivered messages; buffers.outbox_messages is {}",
-                self.c.peak_outstanding, self.sc.buffers.outbox_messages
-            ));
-        }
+        problems.extend(bound_violations(&self.c, self.sc.buffers.outbox_messages));
         for (k, m) in self.msgs.iter().enumerate() {
             let Some(id) = m.id else { continue };
             let seen = counts.get(&id).copied().unwrap_or(0);
@@ -1453,5 +1636,65 @@ impl<'a> World<'a> {
         for p in problems {
             self.violation(p);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peak_above_a_buffer_bound_is_a_violation_and_one_at_it_is_not() {
+        let at = Counters {
+            peak_outstanding: 10,
+            peak_engine_peers: MAX_PEERS as u32,
+            peak_outputs_per_commit: MAX_PENDING_OUTPUTS as u32,
+            ..Counters::default()
+        };
+        assert!(bound_violations(&at, 10).is_empty());
+        let over = Counters {
+            peak_outstanding: 11,
+            peak_engine_peers: MAX_PEERS as u32 + 1,
+            peak_outputs_per_commit: MAX_PENDING_OUTPUTS as u32 + 1,
+            ..Counters::default()
+        };
+        let v = bound_violations(&over, 10);
+        assert_eq!(v.len(), 3, "{v:?}");
+        assert!(v[0].contains("11 undelivered") && v[0].contains("buffers.outbox_messages is 10"));
+        assert!(v[1].contains("MAX_PEERS"));
+        assert!(v[2].contains("MAX_PENDING_OUTPUTS"));
+    }
+
+    #[test]
+    fn linking_on_several_threads_gives_the_same_run_as_on_one() {
+        let sc = Scenario::from_toml_str(
+            r#"
+duration = "10m"
+[nodes]
+devices = 12
+[mobility]
+kind = "static_grid"
+area = [60.0, 60.0]
+[radio]
+range = 25.0
+[link]
+loss = 0.05
+[workload]
+rate_per_hour = 60.0
+contacts = 4
+"#,
+            std::path::Path::new("."),
+        )
+        .unwrap();
+        let run = |threads| {
+            let w = World::with_threads(&sc, 3, threads).unwrap();
+            let linked = w.c.contacts_linked;
+            let out = w.run(&mut |_| {}).unwrap();
+            let r = crate::report::build(&sc, 3, out);
+            (linked, r.csv(), serde_json::to_string(&r.summary).unwrap())
+        };
+        let one = run(1);
+        assert!(one.0 >= 24, "every device linked 4 partners: {}", one.0);
+        assert_eq!(one, run(3));
     }
 }

@@ -142,6 +142,27 @@ fn the_shipped_lan_party_scenario_loads_and_delivers_everything() {
     assert_eq!(s.link_ups, 50 * 49 / 2);
 }
 
+/// The LAN party as shipped, run in full, gives exactly its checked-in reference summary. A
+/// change to the engine or the simulator that moves any number fails here; if the change is
+/// intended, regenerate the references with `scripts/sim-reference` and commit them with it.
+#[test]
+fn the_lan_party_matches_its_reference_summary_byte_for_byte() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let sc = Scenario::from_toml_file(&root.join("simulations/lan-party.toml")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let summary = run(&sc, sc.seed, dir.path(), &mut |_| {}).unwrap();
+    assert_eq!(summary.delivered, summary.created, "{summary:?}");
+    let got = String::from_utf8(read(dir.path(), "summary.json")).unwrap();
+    let want = std::fs::read_to_string(root.join("simulations/reference/lan-party/summary.json"))
+        .expect("simulations/reference/lan-party/summary.json (scripts/sim-reference makes it)");
+    assert!(
+        got == want,
+        "the LAN party's summary.json differs from simulations/reference/lan-party/summary.json; \
+         if the change is intended, run scripts/sim-reference and commit the result.\n\
+         got:\n{got}\nwant:\n{want}"
+    );
+}
+
 fn cross(m: &MessageRow, groups: u32, devices: u32) -> bool {
     m.from * groups / devices != m.to * groups / devices
 }
