@@ -238,17 +238,7 @@ impl Home {
             .stderr(stderr)
             .spawn()
             .expect("spawn instaconnect run");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(Some(line)).is_err() {
-                    return;
-                }
-            }
-            let _ = tx.send(None);
-        });
+        let lines = stdout_lines(&mut child);
         let mut node = Node {
             child,
             url: String::new(),
@@ -602,4 +592,20 @@ impl Drop for NetnsPair {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
     }
+}
+
+/// The lines a child prints on its piped stdout, read on a thread; `None` when it closes.
+pub fn stdout_lines(child: &mut std::process::Child) -> mpsc::Receiver<Option<String>> {
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(Some(line)).is_err() {
+                return;
+            }
+        }
+        let _ = tx.send(None);
+    });
+    lines
 }

@@ -1,12 +1,11 @@
 //! Running the real `instaconnect relay` process, and reading its `/metrics`.
 
 use std::collections::BTreeMap;
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 
-use crate::{bin, NODE_TIMEOUT};
+use crate::{bin, stdout_lines, NODE_TIMEOUT};
 
 /// A running `instaconnect relay`; killed (SIGKILL) when dropped.
 pub struct RelayProcess {
@@ -50,17 +49,7 @@ impl RelayProcess {
             .stderr(stderr)
             .spawn()
             .expect("spawn instaconnect relay");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(Some(line)).is_err() {
-                    return;
-                }
-            }
-            let _ = tx.send(None);
-        });
+        let lines = stdout_lines(&mut child);
         let mut r = RelayProcess {
             child,
             peer_id: String::new(),

@@ -110,9 +110,39 @@ pub enum RelayError {
     Crypto(#[from] instaconnect_crypto::CryptoError),
 }
 
-struct Bucket {
+/// A token bucket: `burst` requests at once, refilled at `rate` per second.
+#[derive(Clone, Copy, Debug)]
+pub struct Bucket {
     tokens: f64,
     at_ms: u64,
+}
+
+impl Bucket {
+    /// A full bucket at `now_ms`.
+    pub fn full(burst: u32, now_ms: u64) -> Bucket {
+        Bucket {
+            tokens: f64::from(burst),
+            at_ms: now_ms,
+        }
+    }
+
+    /// When a token was last asked for.
+    pub fn last_ms(&self) -> u64 {
+        self.at_ms
+    }
+
+    /// Takes one token if there is one (after refilling for the time since the last take).
+    pub fn take(&mut self, now_ms: u64, burst: u32, rate_per_second: u32) -> bool {
+        let elapsed = now_ms.saturating_sub(self.at_ms) as f64 / 1000.0;
+        self.tokens = (self.tokens + elapsed * f64::from(rate_per_second)).min(f64::from(burst));
+        self.at_ms = now_ms;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// The relay. See the module docs.
@@ -277,21 +307,11 @@ impl Relay {
                 self.buckets.remove(&idle);
             }
         }
-        let burst = f64::from(self.config.rate_burst);
-        let rate = f64::from(self.config.rate_per_second);
-        let b = self.buckets.entry(client.to_string()).or_insert(Bucket {
-            tokens: burst,
-            at_ms: now_ms,
-        });
-        let elapsed = now_ms.saturating_sub(b.at_ms) as f64 / 1000.0;
-        b.tokens = (b.tokens + elapsed * rate).min(burst);
-        b.at_ms = now_ms;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        let (burst, rate) = (self.config.rate_burst, self.config.rate_per_second);
+        self.buckets
+            .entry(client.to_string())
+            .or_insert_with(|| Bucket::full(burst, now_ms))
+            .take(now_ms, burst, rate)
     }
 
     /// Checks an owner request: signature, freshness, nonce. Records the nonce if it passes.

@@ -117,11 +117,7 @@ impl Buffered {
     }
 
     /// Up to `limit` entries whose key starts with `prefix`.
-    pub(crate) fn scan_prefix(
-        &self,
-        prefix: &[u8],
-        limit: usize,
-    ) -> Result<Entries, sled::Error> {
+    pub(crate) fn scan_prefix(&self, prefix: &[u8], limit: usize) -> Result<Entries, sled::Error> {
         // Keys with the prefix sort from the prefix up to (not including) its successor: the
         // prefix with its last byte below 0xff incremented and what follows dropped.
         let mut end = prefix.to_vec();

@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use instaconnect_core::relay::{Relay, RelayMetrics, RelayOutput, EXPIRY_BATCH};
+use instaconnect_core::relay::{Bucket, Relay, RelayMetrics, RelayOutput, EXPIRY_BATCH};
 use instaconnect_net::{InboundId, NetEvent, NetHandle};
 use instaconnect_wire::mailbox::{MailboxResponse, Refusal};
 use tokio::sync::{mpsc, watch};
@@ -42,11 +42,6 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-struct Bucket {
-    tokens: f64,
-    at_ms: u64,
-}
-
 /// Token buckets per IP address, bounded by [`MAX_IP_BUCKETS`].
 struct IpLimiter {
     limits: PerIpLimits,
@@ -59,27 +54,17 @@ impl IpLimiter {
             if let Some(idle) = self
                 .buckets
                 .iter()
-                .min_by_key(|(_, b)| b.at_ms)
+                .min_by_key(|(_, b)| b.last_ms())
                 .map(|(k, _)| *k)
             {
                 self.buckets.remove(&idle);
             }
         }
-        let burst = f64::from(self.limits.rate_burst);
-        let rate = f64::from(self.limits.rate_per_second);
-        let b = self.buckets.entry(ip).or_insert(Bucket {
-            tokens: burst,
-            at_ms: now_ms,
-        });
-        let elapsed = now_ms.saturating_sub(b.at_ms) as f64 / 1000.0;
-        b.tokens = (b.tokens + elapsed * rate).min(burst);
-        b.at_ms = now_ms;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        let (burst, rate) = (self.limits.rate_burst, self.limits.rate_per_second);
+        self.buckets
+            .entry(ip)
+            .or_insert_with(|| Bucket::full(burst, now_ms))
+            .take(now_ms, burst, rate)
     }
 }
 
