@@ -786,9 +786,8 @@ fn another_protocol_version_is_an_event_not_a_crash() {
         .any(|o| matches!(o, Output::Respond { frame, .. } if *frame == expected)));
 }
 
-#[test]
-fn nothing_is_released_before_the_store_is_flushed() {
-    // An engine whose outputs were not committed has released nothing.
+/// Asha and Ravi linked, with a text from Asha to Ravi queued and nothing committed since.
+fn linked_with_unsent_text(text: &str) -> Mesh {
     let mut m = Mesh::new(&[ASHA, RAVI]);
     m.connect(0, 1);
     m.befriend(0, 1);
@@ -799,10 +798,17 @@ fn nothing_is_released_before_the_store_is_flushed() {
             now,
             Command::Send {
                 to: RAVI.0.into(),
-                text: "x".into(),
+                text: text.into(),
             },
         )
         .unwrap();
+    m
+}
+
+#[test]
+fn nothing_is_released_before_the_store_is_flushed() {
+    // An engine whose outputs were not committed has released nothing.
+    let mut m = linked_with_unsent_text("x");
     assert!(m.nodes[0].engine.poll_output().is_none());
     m.nodes[0].engine.commit().unwrap();
     assert!(matches!(
@@ -859,20 +865,8 @@ fn sending_checks_its_input() {
 
 #[test]
 fn a_request_goes_before_the_flush_but_acks_and_events_wait_for_it() {
-    let mut m = Mesh::new(&[ASHA, RAVI]);
-    m.connect(0, 1);
-    m.befriend(0, 1);
+    let mut m = linked_with_unsent_text("before the flush");
     let now = m.now;
-    m.nodes[0]
-        .engine
-        .command(
-            now,
-            Command::Send {
-                to: RAVI.0.into(),
-                text: "before the flush".into(),
-            },
-        )
-        .unwrap();
     let sender_ticket = m.nodes[0].engine.prepare_commit(true).unwrap();
     assert!(
         sender_ticket.is_some(),

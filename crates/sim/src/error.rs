@@ -59,3 +59,18 @@ pub enum SimError {
     #[error("could not draw {what}: {message}")]
     Plot { what: &'static str, message: String },
 }
+
+impl SimError {
+    /// Maps an IO error of `action` on `path` (for `map_err`).
+    pub fn io(
+        action: &'static str,
+        path: &std::path::Path,
+    ) -> impl FnOnce(std::io::Error) -> SimError {
+        let path = path.to_path_buf();
+        move |source| SimError::Io {
+            action,
+            path,
+            source,
+        }
+    }
+}

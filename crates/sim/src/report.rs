@@ -249,14 +249,7 @@ pub fn build(sc: &Scenario, seed: u64, out: Outcome) -> Report {
 impl Report {
     /// Writes every output file into `dir` (created if missing).
     pub fn write(&self, dir: &Path, sc: &Scenario) -> Result<(), SimError> {
-        let io = |action, path: &Path| {
-            let path = path.to_path_buf();
-            move |source| SimError::Io {
-                action,
-                path,
-                source,
-            }
-        };
+        let io = SimError::io;
         std::fs::create_dir_all(dir).map_err(io("create", dir))?;
         let mut json = serde_json::to_string_pretty(&self.summary).unwrap_or_default();
         json.push('\n');

@@ -533,14 +533,7 @@ pub fn sweep(
 }
 
 fn write_reports(report: &SweepReport, out: &Path) -> Result<(), SimError> {
-    let io = |action, path: &Path| {
-        let path = path.to_path_buf();
-        move |source| SimError::Io {
-            action,
-            path,
-            source,
-        }
-    };
+    let io = SimError::io;
     std::fs::create_dir_all(out).map_err(io("create", out))?;
     let mut json = serde_json::to_string_pretty(report).unwrap_or_default();
     json.push('\n');
