@@ -79,12 +79,7 @@ pub fn check_peer_id(peer: &str) -> Result<(), Failure> {
 }
 
 fn state_str(s: DeliveryState) -> &'static str {
-    match s {
-        DeliveryState::Queued => "queued",
-        DeliveryState::Sent => "sent",
-        DeliveryState::Delivered => "delivered",
-        DeliveryState::Read => "read",
-    }
+    s.name()
 }
 
 pub fn send(ctx: &Ctx<'_>, out: &mut Out, contact: &str, text: String) -> Result<(), Failure> {
@@ -103,7 +98,7 @@ pub fn send(ctx: &Ctx<'_>, out: &mut Out, contact: &str, text: String) -> Result
     if ctx.json {
         out.json(&json!({"id": id, "to": c.phone, "state": state_str(state)}))?;
     } else {
-        out.line(format!("{} to {} ({id})", state_str(state), c.phone));
+        out.line(format!("{} to {} ({id})", state.label(), c.phone));
         if !node_running(ctx) {
             out.note("the node is not running: the message goes out when `instaconnect run` reaches the contact");
         }
@@ -189,6 +184,10 @@ pub fn history(ctx: &Ctx<'_>, out: &mut Out, contact: &str) -> Result<(), Failur
                     "direction": if m.direction == Direction::Outgoing { "out" } else { "in" },
                     "text": m.text,
                     "state": state_str(m.state),
+                    "relays": match m.state {
+                        DeliveryState::Relayed { relays } => Some(relays),
+                        _ => None,
+                    },
                     "sent_at_ms": m.sent_at_ms,
                     "stored_at_ms": m.stored_at_ms,
                 })
@@ -205,7 +204,7 @@ pub fn history(ctx: &Ctx<'_>, out: &mut Out, contact: &str) -> Result<(), Failur
                 c.name.as_deref().unwrap_or(&c.phone)
             };
             let state = if m.direction == Direction::Outgoing {
-                format!("  [{}]", state_str(m.state))
+                format!("  [{}]", m.state.label())
             } else {
                 String::new()
             };

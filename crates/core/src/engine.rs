@@ -19,6 +19,8 @@
 //! authenticated connection. Each is acknowledged end to end once stored. Outbox entries are
 //! encrypted afresh at every attempt, so a retry always decrypts.
 
+mod mailbox;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
@@ -108,6 +110,43 @@ pub enum Input {
         tag: u64,
         error: String,
     },
+    /// The shell's owner link to a relay (see [`Link::Owner`]) came up or went down. A relay
+    /// is known from the user's `--relay`, the config, or mDNS (role relay); the shell keeps
+    /// its owner link connected, redialing with backoff.
+    Relay {
+        relay: String,
+        addrs: Vec<String>,
+        up: bool,
+    },
+    /// The answer to our mailbox request `tag` (a `wire::mailbox::MailboxResponse` frame).
+    MailboxResponse {
+        relay: String,
+        tag: u64,
+        frame: Vec<u8>,
+    },
+    /// Our mailbox request `tag` failed (unreachable, timeout, closed).
+    MailboxFailed {
+        relay: String,
+        tag: u64,
+        error: String,
+    },
+    /// A relay told us (on the owner link) that `mailbox` has new envelopes. The shell answers
+    /// the relay's `Notify` itself.
+    MailboxNotify {
+        relay: String,
+        mailbox: [u8; 32],
+    },
+}
+
+/// Which of the shell's two relay links a mailbox request travels on. Both use transport
+/// identities that are ephemeral (made at start, never the account's), and different ones, so
+/// a relay cannot tie the mailboxes a device reads to the envelopes it leaves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Link {
+    /// Reading our own mailboxes: create, fetch, delete, subscribe (and notifications).
+    Owner,
+    /// Leaving envelopes in a contact's mailboxes, and purging them.
+    Depositor,
 }
 
 /// What the user asked for.
@@ -140,6 +179,15 @@ pub enum Output {
     Disconnect {
         peer: String,
     },
+    /// A `wire::mailbox::MailboxRequest` frame for `relay` (dial `addrs` if not connected) on
+    /// `link`; answer with [`Input::MailboxResponse`] or [`Input::MailboxFailed`] and `tag`.
+    Mailbox {
+        relay: String,
+        addrs: Vec<String>,
+        link: Link,
+        tag: u64,
+        frame: Vec<u8>,
+    },
     Event(Event),
 }
 
@@ -156,6 +204,8 @@ pub enum Event {
     StateChanged {
         to: String,
         id: String,
+        /// "Queued", "Sent", "Accepted by N relays", "Delivered", "Read".
+        #[serde(serialize_with = "state_label")]
         state: DeliveryState,
     },
     ContactRequest {
@@ -188,10 +238,25 @@ pub enum Event {
     Misbehaving {
         peer: String,
     },
+    /// Our owner link to a relay came up or went down.
+    Relay {
+        relay: String,
+        up: bool,
+    },
     /// Something failed that the user should know of (never a message's content).
     Problem {
         message: String,
     },
+}
+
+fn state_label<S: serde::Serializer>(
+    state: &DeliveryState,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    let label = state.label();
+    let mut c = label.chars();
+    let first = c.next().map(|f| f.to_ascii_uppercase()).into_iter();
+    s.serialize_str(&first.chain(c).collect::<String>())
 }
 
 /// The profile fields a peer showed us.
@@ -1218,6 +1283,16 @@ impl Engine {
             } => self.on_request(&peer, &frame, channel, now_ms)?,
             Input::Response { peer, tag, frame } => self.on_response(&peer, tag, &frame, now_ms)?,
             Input::RequestFailed { peer, tag, .. } => self.on_failed(&peer, tag, now_ms)?,
+            Input::Relay { relay, addrs, up } => self.on_relay(relay, addrs, up, now_ms)?,
+            Input::MailboxResponse { relay, tag, frame } => {
+                self.on_mailbox_response(&relay, tag, Some(&frame), now_ms)?
+            }
+            Input::MailboxFailed { relay, tag, .. } => {
+                self.on_mailbox_response(&relay, tag, None, now_ms)?
+            }
+            Input::MailboxNotify { relay, mailbox } => {
+                self.on_mailbox_notify(&relay, mailbox, now_ms)?
+            }
         }
         Ok(())
     }
@@ -1610,6 +1685,16 @@ impl Engine {
                 ops.push(Op::RemoveContactRequest(peer.to_string()));
                 self.write(ops)?;
                 self.on_linked(peer, contact.phone.clone(), now_ms)?;
+            }
+            Payload::Mailboxes { boxes } => {
+                ops.push(Op::MarkSeen(id));
+                self.write(ops)?;
+                self.take_mailboxes(peer, &contact.phone, boxes, now_ms)?;
+            }
+            Payload::Delivered { ids } => {
+                ops.push(Op::MarkSeen(id));
+                self.write(ops)?;
+                self.take_delivered(&contact.phone, &ids, now_ms)?;
             }
         }
         Ok(true)

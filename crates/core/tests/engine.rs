@@ -206,6 +206,7 @@ impl Mesh {
                 self.disconnect(i, j);
             }
             Output::Event(e) => self.nodes[i].events.push(e),
+            Output::Mailbox { .. } => {}
         }
     }
 

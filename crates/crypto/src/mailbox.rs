@@ -15,6 +15,21 @@ pub fn deletion_hash(secret: &[u8; 32]) -> [u8; 32] {
     blake3::derive_key(DELETION_CONTEXT, secret)
 }
 
+const DEPOSIT_CONTEXT: &str = "instaconnect 2026 deposit deletion secret v1";
+const MAILBOX_KEY_CONTEXT: &str = "instaconnect 2026 mailbox owner key v1";
+
+/// The deletion secret of the envelope carrying message `id` into `mailbox`, derived from the
+/// depositor's account secret: nothing needs keeping to purge it later, and the same message
+/// deposited again carries the same hash.
+pub fn deposit_secret(account_secret: &[u8], id: &[u8; 16], mailbox: &MailboxId) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_derive_key(DEPOSIT_CONTEXT);
+    h.update(&(account_secret.len() as u64).to_le_bytes());
+    h.update(account_secret);
+    h.update(id);
+    h.update(mailbox);
+    *h.finalize().as_bytes()
+}
+
 /// The hash of a sealed envelope, as receipts name it.
 pub fn envelope_hash(envelope: &[u8]) -> [u8; 32] {
     blake3::derive_key(ENVELOPE_CONTEXT, envelope)
@@ -27,6 +42,16 @@ impl MailboxKey {
     /// A fresh key (OS randomness; it is key material, not a protocol choice).
     pub fn generate() -> MailboxKey {
         MailboxKey(Identity::generate())
+    }
+
+    /// A key derived from the account secret and fresh randomness `seed` (which the engine's
+    /// RNG supplies, so a simulation replays; the account secret keeps it unguessable).
+    pub fn derive(account_secret: &[u8], seed: &[u8; 32]) -> Result<MailboxKey, CryptoError> {
+        let mut h = blake3::Hasher::new_derive_key(MAILBOX_KEY_CONTEXT);
+        h.update(&(account_secret.len() as u64).to_le_bytes());
+        h.update(account_secret);
+        h.update(seed);
+        MailboxKey::from_secret_bytes(h.finalize().as_bytes())
     }
 
     /// Restores a key kept with [`MailboxKey::secret_bytes`].
@@ -104,6 +129,19 @@ pub fn verify_receipt(receipt: &Receipt, relay: Option<&IdentityKey>) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn derived_secrets_depend_on_every_input() {
+        let a = deposit_secret(&[1; 32], &[2; 16], &[3; 32]);
+        assert_eq!(a, deposit_secret(&[1; 32], &[2; 16], &[3; 32]));
+        assert_ne!(a, deposit_secret(&[9; 32], &[2; 16], &[3; 32]));
+        assert_ne!(a, deposit_secret(&[1; 32], &[9; 16], &[3; 32]));
+        assert_ne!(a, deposit_secret(&[1; 32], &[2; 16], &[9; 32]));
+        let k = MailboxKey::derive(&[1; 32], &[4; 32]).unwrap();
+        assert_eq!(k.id(), MailboxKey::derive(&[1; 32], &[4; 32]).unwrap().id());
+        assert_ne!(k.id(), MailboxKey::derive(&[2; 32], &[4; 32]).unwrap().id());
+        assert_ne!(k.id(), MailboxKey::derive(&[1; 32], &[5; 32]).unwrap().id());
+    }
 
     #[test]
     fn owner_signatures_verify_only_for_the_signed_request() {

@@ -394,6 +394,14 @@ impl Driver {
             Output::Disconnect { peer } => {
                 let _ = self.net.disconnect(&peer).await;
             }
+            Output::Mailbox { relay, tag, .. } => self.engine.handle_input(
+                now_ms(),
+                Input::MailboxFailed {
+                    relay,
+                    tag,
+                    error: "no relay links yet".into(),
+                },
+            ),
             Output::Event(e) => {
                 let _ = self.events.send(e);
             }

@@ -1388,7 +1388,7 @@ impl<'a> World<'a> {
                         .pendings
                         .get(channel)
                         .map_or(u32::MAX - 1, |p| p.requester),
-                    Output::Event(_) => u32::MAX,
+                    Output::Event(_) | Output::Mailbox { .. } => u32::MAX,
                 };
                 (k, o)
             })
@@ -1426,6 +1426,9 @@ impl<'a> World<'a> {
 
     fn route(&mut self, i: u32, o: Output) {
         match o {
+            // The simulation has no relays yet: engines are never told of one, so they never
+            // ask for a mailbox.
+            Output::Mailbox { .. } => {}
             Output::Request { peer, tag, frame } => {
                 let j = self.by_peer.get(&peer).copied();
                 let linked = j.is_some_and(|j| self.links.contains_key(&norm(i, j)));

@@ -20,8 +20,9 @@ pub use relay::{MemRelayStore, RelayOp, RelayStore, SledRelayStore};
 pub use sled_store::SledStore;
 
 use instaconnect_wire::records::{
-    AccountRecord, BlockRecord, ContactRecord, ContactRequestRecord, ConversationRecord, GroupId,
-    GroupRecord, HeldMessage, MessageRecord, OutboxEntry, Profile, Settings,
+    AccountRecord, BlockRecord, ContactMailboxes, ContactRecord, ContactRequestRecord,
+    ConversationRecord, DepositRecord, GroupId, GroupRecord, HeldMessage, MessageRecord,
+    OutboxEntry, OwnMailbox, Profile, Settings,
 };
 use instaconnect_wire::{SecretBytes, WireError};
 
@@ -59,6 +60,13 @@ pub enum Op {
     /// A received text held back until the texts sent before it arrive (keyed by its
     /// conversation and sender-order number).
     PutHeld(HeldMessage),
+    PutOwnMailbox(OwnMailbox),
+    /// Forgets one of our mailboxes, by id.
+    RemoveOwnMailbox([u8; 32]),
+    PutContactMailboxes(ContactMailboxes),
+    PutDeposit(DepositRecord),
+    /// Forgets a deposit: (message id, mailbox).
+    RemoveDeposit([u8; 16], [u8; 32]),
     RemoveHeld {
         peer: String,
         n: u64,
@@ -131,6 +139,12 @@ pub trait Store: Send + Sync {
     fn seen(&self, id: &[u8; 16]) -> Result<bool>;
     /// Every held-back text, ordered by conversation and sender-order number.
     fn held(&self) -> Result<Vec<HeldMessage>>;
+    /// The mailboxes this device opened on relays, ordered by mailbox id.
+    fn own_mailboxes(&self) -> Result<Vec<OwnMailbox>>;
+    /// Every contact's announced mailboxes, ordered by phone number.
+    fn contact_mailboxes(&self) -> Result<Vec<ContactMailboxes>>;
+    /// Envelopes left on relays and not yet acknowledged, ordered by message id and mailbox.
+    fn deposits(&self) -> Result<Vec<DepositRecord>>;
 
     /// Applies the batch atomically and durably (flushed before returning).
     fn apply(&self, ops: Vec<Op>) -> Result<()> {

@@ -2,8 +2,9 @@ use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 
 use instaconnect_wire::records::{
-    AccountRecord, BlockRecord, ContactRecord, ContactRequestRecord, ConversationRecord, GroupId,
-    GroupRecord, HeldMessage, MessageRecord, OutboxEntry, Profile, Settings,
+    AccountRecord, BlockRecord, ContactMailboxes, ContactRecord, ContactRequestRecord,
+    ConversationRecord, DepositRecord, GroupId, GroupRecord, HeldMessage, MessageRecord,
+    OutboxEntry, OwnMailbox, Profile, Settings,
 };
 use instaconnect_wire::SecretBytes;
 
@@ -26,6 +27,9 @@ struct State {
     replay: Option<SecretBytes>,
     seen: std::collections::BTreeSet<[u8; 16]>,
     held: BTreeMap<(String, u64), HeldMessage>,
+    own_mailboxes: BTreeMap<[u8; 32], OwnMailbox>,
+    contact_mailboxes: BTreeMap<String, ContactMailboxes>,
+    deposits: BTreeMap<([u8; 16], [u8; 32]), DepositRecord>,
     /// (peer id, phone) of every contact linked to a device.
     contact_peers: std::collections::BTreeSet<(String, String)>,
 }
@@ -145,6 +149,18 @@ impl Store for MemStore {
         Ok(self.lock().held.values().cloned().collect())
     }
 
+    fn own_mailboxes(&self) -> Result<Vec<OwnMailbox>> {
+        Ok(self.lock().own_mailboxes.values().cloned().collect())
+    }
+
+    fn contact_mailboxes(&self) -> Result<Vec<ContactMailboxes>> {
+        Ok(self.lock().contact_mailboxes.values().cloned().collect())
+    }
+
+    fn deposits(&self) -> Result<Vec<DepositRecord>> {
+        Ok(self.lock().deposits.values().cloned().collect())
+    }
+
     fn flush(&self) -> Result<()> {
         Ok(())
     }
@@ -224,6 +240,21 @@ impl Store for MemStore {
                 }
                 Op::RemoveHeld { peer, n } => {
                     next.held.remove(&(peer, n));
+                }
+                Op::PutOwnMailbox(m) => {
+                    next.own_mailboxes.insert(m.mailbox, m);
+                }
+                Op::RemoveOwnMailbox(id) => {
+                    next.own_mailboxes.remove(&id);
+                }
+                Op::PutContactMailboxes(c) => {
+                    next.contact_mailboxes.insert(c.phone.clone(), c);
+                }
+                Op::PutDeposit(d) => {
+                    next.deposits.insert((d.id, d.mailbox), d);
+                }
+                Op::RemoveDeposit(id, mailbox) => {
+                    next.deposits.remove(&(id, mailbox));
                 }
             }
         }

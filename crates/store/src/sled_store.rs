@@ -2,8 +2,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use instaconnect_wire::records::{
-    AccountRecord, BlockRecord, ContactRecord, ContactRequestRecord, ConversationRecord, GroupId,
-    GroupRecord, HeldMessage, MessageRecord, OutboxEntry, OutboxPayload, Profile, Settings,
+    AccountRecord, BlockRecord, ContactMailboxes, ContactRecord, ContactRequestRecord,
+    ConversationRecord, DepositRecord, GroupId, GroupRecord, HeldMessage, MessageRecord,
+    OutboxEntry, OutboxPayload, OwnMailbox, Profile, Settings,
 };
 use instaconnect_wire::{decode, encode, SecretBytes, SCHEMA_VERSION};
 use serde::de::DeserializeOwned;
@@ -30,6 +31,12 @@ const PREFIX_SESSION: &[u8] = b"session/";
 const PREFIX_REQUEST: &[u8] = b"creq/";
 const PREFIX_SEEN: &[u8] = b"seen/";
 const PREFIX_HELD: &[u8] = b"held/";
+/// `ownmb/<mailbox id>`: our mailboxes on relays.
+const PREFIX_OWN_MAILBOX: &[u8] = b"ownmb/";
+/// `cmb/<phone>`: a contact's announced mailboxes.
+const PREFIX_CONTACT_MAILBOXES: &[u8] = b"cmb/";
+/// `deposit/<message id><mailbox id>`: envelopes we left on relays.
+const PREFIX_DEPOSIT: &[u8] = b"deposit/";
 /// `cpeer/<peer id>/<phone>` -> empty: which contacts are linked to a device.
 const PREFIX_CONTACT_PEER: &[u8] = b"cpeer/";
 
@@ -37,6 +44,12 @@ fn contact_peer_key(peer: &str, phone: &str) -> Vec<u8> {
     let mut k = key(PREFIX_CONTACT_PEER, peer.as_bytes());
     k.push(b'/');
     k.extend_from_slice(phone.as_bytes());
+    k
+}
+
+fn deposit_key(id: &[u8; 16], mailbox: &[u8; 32]) -> Vec<u8> {
+    let mut k = key(PREFIX_DEPOSIT, id);
+    k.extend_from_slice(mailbox);
     k
 }
 
@@ -275,6 +288,18 @@ impl Store for SledStore {
         self.scan(PREFIX_HELD)
     }
 
+    fn own_mailboxes(&self) -> Result<Vec<OwnMailbox>> {
+        self.scan(PREFIX_OWN_MAILBOX)
+    }
+
+    fn contact_mailboxes(&self) -> Result<Vec<ContactMailboxes>> {
+        self.scan(PREFIX_CONTACT_MAILBOXES)
+    }
+
+    fn deposits(&self) -> Result<Vec<DepositRecord>> {
+        self.scan(PREFIX_DEPOSIT)
+    }
+
     fn flush(&self) -> Result<()> {
         self.db.flush()?;
         Ok(())
@@ -358,6 +383,13 @@ impl Store for SledStore {
                     batch.insert(numbered_key(PREFIX_HELD, &h.message.peer, h.n), enc(h)?)
                 }
                 Op::RemoveHeld { peer, n } => batch.remove(numbered_key(PREFIX_HELD, peer, *n)),
+                Op::PutOwnMailbox(m) => batch.insert(key(PREFIX_OWN_MAILBOX, &m.mailbox), enc(m)?),
+                Op::RemoveOwnMailbox(id) => batch.remove(key(PREFIX_OWN_MAILBOX, id)),
+                Op::PutContactMailboxes(c) => {
+                    batch.insert(key(PREFIX_CONTACT_MAILBOXES, c.phone.as_bytes()), enc(c)?)
+                }
+                Op::PutDeposit(d) => batch.insert(deposit_key(&d.id, &d.mailbox), enc(d)?),
+                Op::RemoveDeposit(id, mailbox) => batch.remove(deposit_key(id, mailbox)),
             }
         }
         self.db.stage(batch)?;

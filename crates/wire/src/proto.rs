@@ -109,6 +109,27 @@ pub enum Payload {
         #[serde(with = "crate::secret::serde_bytes_compat")]
         card: Vec<u8>,
     },
+    /// The mailboxes on relays where the sender receives from us while it cannot be reached
+    /// directly (replaces what it told us before).
+    Mailboxes { boxes: Vec<MailboxAddress> },
+    /// End-to-end acknowledgement of texts that came through relays: the sender's device
+    /// stored them.
+    Delivered { ids: Vec<MsgId> },
+}
+
+/// Mailboxes one device announces at most.
+pub const MAX_ANNOUNCED_MAILBOXES: usize = 8;
+/// Addresses given per relay at most.
+pub const MAX_RELAY_ADDRS: usize = 8;
+/// Longest relay peer id or address.
+pub const MAX_RELAY_ADDR_BYTES: usize = 256;
+
+/// Where a mailbox is: the relay's peer id, addresses to reach it, and the mailbox id.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MailboxAddress {
+    pub relay: String,
+    pub addrs: Vec<String>,
+    pub mailbox: [u8; 32],
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -212,11 +233,46 @@ impl Payload {
                     max: MAX_TEXT_BYTES,
                 })
             }
-            Payload::Read { ids } if ids.len() > MAX_RECEIPT_IDS => Err(ProtoError::TooLarge {
-                what: "receipt",
-                len: ids.len(),
-                max: MAX_RECEIPT_IDS,
-            }),
+            Payload::Read { ids } | Payload::Delivered { ids } if ids.len() > MAX_RECEIPT_IDS => {
+                Err(ProtoError::TooLarge {
+                    what: "receipt",
+                    len: ids.len(),
+                    max: MAX_RECEIPT_IDS,
+                })
+            }
+            Payload::Mailboxes { boxes } => {
+                if boxes.len() > MAX_ANNOUNCED_MAILBOXES {
+                    return Err(ProtoError::TooLarge {
+                        what: "mailboxes",
+                        len: boxes.len(),
+                        max: MAX_ANNOUNCED_MAILBOXES,
+                    });
+                }
+                for b in boxes {
+                    if b.addrs.len() > MAX_RELAY_ADDRS {
+                        return Err(ProtoError::TooLarge {
+                            what: "relay addresses",
+                            len: b.addrs.len(),
+                            max: MAX_RELAY_ADDRS,
+                        });
+                    }
+                    let longest = b
+                        .addrs
+                        .iter()
+                        .map(String::len)
+                        .chain([b.relay.len()])
+                        .max()
+                        .unwrap_or(0);
+                    if longest > MAX_RELAY_ADDR_BYTES {
+                        return Err(ProtoError::TooLarge {
+                            what: "relay address",
+                            len: longest,
+                            max: MAX_RELAY_ADDR_BYTES,
+                        });
+                    }
+                }
+                Ok(p)
+            }
             _ => Ok(p),
         }
     }
@@ -309,6 +365,41 @@ mod tests {
             Response::decode(&acks.encode().unwrap()),
             Err(ProtoError::TooLarge { what: "acks", .. })
         ));
+    }
+
+    #[test]
+    fn mailbox_announcements_roundtrip_within_their_bounds() {
+        let good = MailboxAddress {
+            relay: "12D3KooW".into(),
+            addrs: vec!["/ip4/127.0.0.1/tcp/4001".into()],
+            mailbox: [3; 32],
+        };
+        let p = Payload::Mailboxes {
+            boxes: vec![good.clone(); MAX_ANNOUNCED_MAILBOXES],
+        };
+        assert_eq!(Payload::decode(&p.encode().unwrap()).unwrap(), p);
+        let too_many = Payload::Mailboxes {
+            boxes: vec![good.clone(); MAX_ANNOUNCED_MAILBOXES + 1],
+        };
+        let long = Payload::Mailboxes {
+            boxes: vec![MailboxAddress {
+                addrs: vec!["/".repeat(MAX_RELAY_ADDR_BYTES + 1)],
+                ..good
+            }],
+        };
+        let acks = Payload::Delivered {
+            ids: vec![[1; 16]; MAX_RECEIPT_IDS + 1],
+        };
+        for (bad, what) in [
+            (too_many, "mailboxes"),
+            (long, "relay address"),
+            (acks, "receipt"),
+        ] {
+            match Payload::decode(&bad.encode().unwrap()) {
+                Err(ProtoError::TooLarge { what: w, .. }) => assert_eq!(w, what),
+                other => panic!("{what}: {other:?}"),
+            }
+        }
     }
 
     proptest! {

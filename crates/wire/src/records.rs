@@ -199,7 +199,9 @@ pub enum Direction {
 }
 
 /// Where an outgoing message is. Incoming messages are `Delivered` (stored here) or `Read`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+/// States only move forward, in the order Queued, Sent, Relayed (by more relays), Delivered,
+/// Read (see the `Ord` impl; `Relayed` is last in the enum only to keep stored records valid).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DeliveryState {
     /// Stored locally, waiting for a path to the recipient.
     Queued,
@@ -209,6 +211,53 @@ pub enum DeliveryState {
     Delivered,
     /// The recipient read it (only if their privacy lets receipts through).
     Read,
+    /// Accepted (stored durably, receipt signed) by this many relays, for the recipient to
+    /// fetch; no ack from the recipient's device yet.
+    Relayed { relays: u8 },
+}
+
+impl DeliveryState {
+    /// A stable name: queued, sent, relayed, delivered, read.
+    pub fn name(self) -> &'static str {
+        match self {
+            DeliveryState::Queued => "queued",
+            DeliveryState::Sent => "sent",
+            DeliveryState::Relayed { .. } => "relayed",
+            DeliveryState::Delivered => "delivered",
+            DeliveryState::Read => "read",
+        }
+    }
+
+    /// What the user is shown: the name, or "accepted by N relays".
+    pub fn label(self) -> String {
+        match self {
+            DeliveryState::Relayed { relays: 1 } => "accepted by 1 relay".to_string(),
+            DeliveryState::Relayed { relays } => format!("accepted by {relays} relays"),
+            other => other.name().to_string(),
+        }
+    }
+
+    fn rank(self) -> (u8, u8) {
+        match self {
+            DeliveryState::Queued => (0, 0),
+            DeliveryState::Sent => (1, 0),
+            DeliveryState::Relayed { relays } => (2, relays),
+            DeliveryState::Delivered => (3, 0),
+            DeliveryState::Read => (4, 0),
+        }
+    }
+}
+
+impl PartialOrd for DeliveryState {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for DeliveryState {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.rank().cmp(&other.rank())
+    }
 }
 
 /// One message of a 1:1 conversation (keyed by the contact's number and a local sequence).
@@ -283,6 +332,42 @@ pub struct ContactRequestRecord {
     #[serde(with = "serde_bytes_compat")]
     pub card: Vec<u8>,
     pub received_at_ms: u64,
+}
+
+/// A mailbox this device opened on a relay, where one contact leaves what it cannot deliver
+/// directly (device database).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnMailbox {
+    /// The contact (E.164) this mailbox is for.
+    pub phone: String,
+    /// The relay's peer id and addresses.
+    pub relay: String,
+    pub addrs: Vec<String>,
+    /// The owner key's secret (`instaconnect_crypto::MailboxKey`); the mailbox id is its public
+    /// key.
+    pub key: SecretBytes,
+    pub mailbox: [u8; 32],
+    /// The relay confirmed the mailbox with a signed receipt.
+    pub created: bool,
+}
+
+/// The mailboxes a contact told us to leave envelopes in (device database).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContactMailboxes {
+    pub phone: String,
+    pub boxes: Vec<crate::proto::MailboxAddress>,
+}
+
+/// An envelope this device left on a relay for a message not yet acknowledged by its recipient
+/// (device database). Its deletion secret is derived, not kept (`crypto::deposit_secret`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DepositRecord {
+    pub id: [u8; 16],
+    pub relay: String,
+    pub addrs: Vec<String>,
+    pub mailbox: [u8; 32],
+    /// Where the relay stored it, as its receipt says.
+    pub seq: u64,
 }
 
 /// A mailbox a relay keeps (relay database). Holds no name, number or peer id: its id is a

@@ -45,6 +45,7 @@ fn engine_kind(e: &instaconnect_core::engine::Event) -> &'static str {
         E::PeerLost { .. } => "peer_lost",
         E::UnsupportedVersion { .. } => "unsupported_version",
         E::Misbehaving { .. } => "misbehaving",
+        E::Relay { .. } => "relay",
         E::Problem { .. } => "problem",
     }
 }
