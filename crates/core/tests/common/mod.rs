@@ -6,7 +6,11 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use instaconnect_core::book::Book;
-use instaconnect_core::engine::{Command, Engine, Event, Input, Output};
+use instaconnect_core::engine::{Command, Engine, Event, Input, Link, Output};
+use instaconnect_core::relay::{Relay, RelayConfig, RelayOutput};
+use instaconnect_crypto::Identity;
+use instaconnect_store::relay::MemRelayStore;
+use instaconnect_wire::mailbox::MailboxRequest;
 use instaconnect_core::phone::Phone;
 use instaconnect_store::{MemStore, Store};
 use instaconnect_wire::records::{DeliveryState, MessageRecord};
@@ -39,6 +43,24 @@ pub struct Mesh {
     pub wire: VecDeque<(usize, usize, u64, Vec<u8>)>,
     /// Requests sent so far, per (from, to).
     pub requests: HashMap<(usize, usize), usize>,
+    pub relays: Vec<MeshRelay>,
+    /// Mailbox requests in flight: (from node, to relay, tag, frame, link).
+    pub relay_wire: VecDeque<(usize, usize, u64, Vec<u8>, Link)>,
+    /// Owner links up: (node, relay).
+    pub owner_links: HashSet<(usize, usize)>,
+}
+
+/// A relay in the mesh: the real sans-IO relay over an in-memory store.
+pub struct MeshRelay {
+    pub relay: Relay,
+    pub peer: String,
+    /// Unreachable: every request to it fails.
+    pub down: bool,
+}
+
+/// The client key a relay sees for node `i`'s link (its ephemeral identity).
+fn client_key(i: usize, link: Link) -> String {
+    format!("{i}-{link:?}")
 }
 
 pub fn account(phone: &str, name: &str) -> Arc<dyn Store> {
@@ -69,6 +91,106 @@ impl Mesh {
             faults: HashMap::new(),
             wire: VecDeque::new(),
             requests: HashMap::new(),
+            relays: Vec::new(),
+            relay_wire: VecDeque::new(),
+            owner_links: HashSet::new(),
+        }
+    }
+
+    /// Adds a relay with default limits; returns its index.
+    pub fn add_relay(&mut self) -> usize {
+        let r = self.relays.len();
+        let identity = Identity::from_secret_bytes(&[r as u8 + 100; 32]).unwrap();
+        let peer = identity.public().peer_id();
+        let relay = Relay::new(
+            Arc::new(MemRelayStore::new()),
+            identity,
+            RelayConfig::default(),
+        );
+        self.relays.push(MeshRelay {
+            relay,
+            peer,
+            down: false,
+        });
+        r
+    }
+
+    /// Node `i`'s owner link to relay `r` comes up or goes down.
+    pub fn relay_link(&mut self, i: usize, r: usize, up: bool) {
+        if up {
+            self.owner_links.insert((i, r));
+        } else {
+            self.owner_links.remove(&(i, r));
+            self.relays[r]
+                .relay
+                .disconnected(&client_key(i, Link::Owner));
+        }
+        let now = self.now;
+        let relay = self.relays[r].peer.clone();
+        self.nodes[i].engine.handle_input(
+            now,
+            Input::Relay {
+                relay,
+                addrs: vec![format!("/memory/{r}")],
+                up,
+            },
+        );
+        self.run();
+    }
+
+    /// Envelopes relay `r` holds.
+    pub fn held(&self, r: usize) -> u64 {
+        self.relays[r].relay.store().totals().unwrap().envelopes
+    }
+
+    /// Delivers one mailbox request to its relay and the relay's answers back.
+    pub fn relay_step(&mut self, i: usize, r: usize, tag: u64, frame: Vec<u8>, link: Link) {
+        let now = self.now;
+        let relay_peer = self.relays[r].peer.clone();
+        let cut = link == Link::Owner && !self.owner_links.contains(&(i, r));
+        if self.relays[r].down || cut {
+            self.nodes[i].engine.handle_input(
+                now,
+                Input::MailboxFailed {
+                    relay: relay_peer,
+                    tag,
+                    error: "unreachable".into(),
+                },
+            );
+            return;
+        }
+        let channel = self.next_channel;
+        self.next_channel += 1;
+        let relay = &mut self.relays[r].relay;
+        relay.handle_request(now, &client_key(i, link), channel, &frame);
+        relay.commit().unwrap();
+        let mut outs = Vec::new();
+        while let Some(o) = relay.poll_output() {
+            outs.push(o);
+        }
+        for o in outs {
+            match o {
+                RelayOutput::Respond { frame, .. } => self.nodes[i].engine.handle_input(
+                    now,
+                    Input::MailboxResponse {
+                        relay: relay_peer.clone(),
+                        tag,
+                        frame,
+                    },
+                ),
+                RelayOutput::Notify { client, frame } => {
+                    let j: usize = client.split('-').next().unwrap().parse().unwrap();
+                    if let Ok(MailboxRequest::Notify { mailbox }) = MailboxRequest::decode(&frame) {
+                        self.nodes[j].engine.handle_input(
+                            now,
+                            Input::MailboxNotify {
+                                relay: relay_peer.clone(),
+                                mailbox,
+                            },
+                        );
+                    }
+                }
+            }
         }
     }
 
@@ -175,6 +297,10 @@ impl Mesh {
                     );
                 }
             }
+            if let Some((i, r, tag, frame, link)) = self.relay_wire.pop_front() {
+                moved = true;
+                self.relay_step(i, r, tag, frame, link);
+            }
             if !moved {
                 return;
             }
@@ -203,7 +329,20 @@ impl Mesh {
                 self.disconnect(i, j);
             }
             Output::Event(e) => self.nodes[i].events.push(e),
-            Output::Mailbox { .. } => {}
+            Output::Mailbox {
+                relay,
+                link,
+                tag,
+                frame,
+                ..
+            } => {
+                let r = self
+                    .relays
+                    .iter()
+                    .position(|x| x.peer == relay)
+                    .expect("known relay");
+                self.relay_wire.push_back((i, r, tag, frame, link));
+            }
         }
     }
 
