@@ -1,4 +1,4 @@
-//! The engine's side of store-and-forward relays (PROTOCOL.md §2.5).
+//! The engine's side of store-and-forward relays (PROTOCOL.md §1.8).
 //!
 //! - **Our mailboxes.** For every linked contact the engine opens a mailbox on up to
 //!   [`MAILBOXES_PER_CONTACT`] of the relays its shell is connected to, with an owner key of its
