@@ -1786,7 +1786,14 @@ impl Engine {
                 ops.push(Op::MarkSeen(id));
                 ops.push(Op::RemoveContactRequest(peer.to_string()));
                 self.write(ops)?;
+                // Answer the session at once: until the accepter hears from it, everything it
+                // sends us travels sealed, one to a request.
+                self.queue_ephemeral(peer, &Payload::Linked, now_ms)?;
                 self.on_linked(peer, contact.phone.clone(), now_ms)?;
+            }
+            Payload::Linked => {
+                ops.push(Op::MarkSeen(id));
+                self.write(ops)?;
             }
             Payload::Mailboxes { boxes } => {
                 ops.push(Op::MarkSeen(id));

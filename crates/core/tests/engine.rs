@@ -10,9 +10,45 @@ use instaconnect_core::engine::{
     MAX_INFLIGHT_REQUESTS_PER_PEER,
 };
 use instaconnect_core::phone::Phone;
-use instaconnect_wire::proto::MAX_BATCH_ITEMS;
+use instaconnect_wire::proto::{Request, MAX_BATCH_ITEMS};
 use instaconnect_wire::records::{DeliveryState, Direction};
 use std::collections::VecDeque;
+#[test]
+fn once_linked_the_accepters_texts_go_in_batches_not_sealed_envelopes() {
+    let mut m = Mesh::new(&[ASHA, RAVI]);
+    m.connect(0, 1);
+    m.befriend(0, 1);
+    // Ravi accepted: his session is answered by Asha's `Linked`, so his first text needs no
+    // envelope.
+    let now = m.now;
+    let to = m.nodes[0].phone.clone();
+    m.nodes[1]
+        .engine
+        .command(
+            now,
+            Command::Send {
+                to,
+                text: "first".into(),
+            },
+        )
+        .unwrap();
+    m.nodes[1].engine.commit().unwrap();
+    let mut kinds = Vec::new();
+    while let Some(o) = m.nodes[1].engine.poll_output() {
+        if let Output::Request { frame, .. } = &o {
+            kinds.push(match Request::decode(frame).unwrap() {
+                Request::Batch(_) => "batch",
+                Request::Envelope(_) => "envelope",
+                _ => "other",
+            });
+        }
+        m.route(1, o);
+    }
+    assert_eq!(kinds, vec!["batch"]);
+    m.run();
+    assert_eq!(texts(&m.history(0, 1)), vec!["first"]);
+}
+
 #[test]
 fn linked_contacts_chat_both_ways_in_order_with_delivered_states() {
     let mut m = Mesh::new(&[ASHA, RAVI]);

@@ -2,8 +2,8 @@
 //! a plain model after every batch and after the sled database is closed and reopened.
 
 use instaconnect_store::{MemStore, Op, SledStore, Store};
-use instaconnect_wire::records::*;
 use instaconnect_wire::proto::MailboxAddress;
+use instaconnect_wire::records::*;
 use instaconnect_wire::SecretBytes;
 use proptest::prelude::*;
 

@@ -115,6 +115,9 @@ pub enum Payload {
     /// End-to-end acknowledgement of texts that came through relays: the sender's device
     /// stored them.
     Delivered { ids: Vec<MsgId> },
+    /// The answer to a `ContactAccept`: the link is complete on both sides, and the accepter's
+    /// session has been answered, so what follows travels in batches instead of envelopes.
+    Linked,
 }
 
 /// Mailboxes one device announces at most.

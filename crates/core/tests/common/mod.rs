@@ -7,12 +7,12 @@ use std::sync::Arc;
 
 use instaconnect_core::book::Book;
 use instaconnect_core::engine::{Command, Engine, Event, Input, Link, Output};
+use instaconnect_core::phone::Phone;
 use instaconnect_core::relay::{Relay, RelayConfig, RelayOutput};
 use instaconnect_crypto::Identity;
 use instaconnect_store::relay::MemRelayStore;
-use instaconnect_wire::mailbox::MailboxRequest;
-use instaconnect_core::phone::Phone;
 use instaconnect_store::{MemStore, Store};
+use instaconnect_wire::mailbox::MailboxRequest;
 use instaconnect_wire::records::{DeliveryState, MessageRecord};
 
 pub struct Node {
