@@ -58,8 +58,11 @@ pub const MAX_REORDER_ITEMS: usize = 32;
 pub const MAX_INFLIGHT_PER_PEER: usize = MAX_REORDER_ITEMS + MAX_BATCH_ITEMS;
 /// What a ratchet message adds to its plaintext, at most (to fill a batch before encrypting).
 const RATCHET_OVERHEAD_BYTES: usize = 160;
-/// Most peers the engine keeps state for; the longest-unseen disconnected peer is forgotten.
+/// Most peers the engine keeps state for; when full, the longest-unseen disconnected peers are
+/// forgotten, [`PEER_EVICTION_BATCH`] at a time (so a crowd of strangers costs no scan each).
 pub const MAX_PEERS: usize = 1_024;
+/// Peers forgotten at once when the table is full.
+pub const PEER_EVICTION_BATCH: usize = 64;
 /// Most pending contact requests kept; further ones are refused.
 pub const MAX_CONTACT_REQUESTS: usize = 256;
 /// Malformed frames tolerated from one peer within [`BAD_FRAME_WINDOW_MS`] before it is
@@ -716,26 +719,59 @@ impl Engine {
             .is_some_and(|p| p.view.connected || p.view.discovered)
     }
 
+    /// The entry of `peer` in the peer table, made if new (then with the contact linked to it,
+    /// if any; later links set it themselves). When the table is full, the
+    /// [`PEER_EVICTION_BATCH`] least recently seen devices that are not connected make room.
     fn peer_mut(&mut self, peer: &str, now_ms: u64) -> &mut PeerState {
-        if !self.peers.contains_key(peer) && self.peers.len() >= MAX_PEERS {
-            let victim = self
-                .peers
-                .iter()
-                .filter(|(_, p)| !p.view.connected)
-                .min_by_key(|(_, p)| p.view.last_seen_ms)
-                .map(|(k, _)| k.clone());
-            if let Some(v) = victim {
-                self.peers.remove(&v);
+        if !self.peers.contains_key(peer) {
+            if self.peers.len() >= MAX_PEERS {
+                self.evict_peers();
             }
+            let contact = self.contact_by_peer(peer).map(|c| c.phone);
+            let mut p = PeerState::default();
+            p.view.peer = peer.to_string();
+            p.view.contact = contact;
+            self.peers.insert(peer.to_string(), p);
         }
-        let contact = self.contact_by_peer(peer).map(|c| c.phone);
-        let p = self.peers.entry(peer.to_string()).or_default();
-        p.view.peer = peer.to_string();
+        let p = self.peers.get_mut(peer).expect("inserted above");
         p.view.last_seen_ms = p.view.last_seen_ms.max(now_ms);
+        p
+    }
+
+    /// [`Engine::peer_mut`], refreshing which contact the device is linked to (when it is
+    /// discovered or connects).
+    fn peer_seen(&mut self, peer: &str, now_ms: u64) -> &mut PeerState {
+        let known = self.peers.contains_key(peer);
+        let contact = if known {
+            self.contact_by_peer(peer).map(|c| c.phone)
+        } else {
+            None
+        };
+        let p = self.peer_mut(peer, now_ms);
         if contact.is_some() {
             p.view.contact = contact;
         }
         p
+    }
+
+    fn evict_peers(&mut self) {
+        let mut idle: Vec<(u64, &String)> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| !p.view.connected)
+            .map(|(k, p)| (p.view.last_seen_ms, k))
+            .collect();
+        let n = PEER_EVICTION_BATCH.min(idle.len());
+        if n == 0 {
+            return;
+        }
+        if n < idle.len() {
+            idle.select_nth_unstable(n - 1);
+        }
+        let victims: Vec<String> = idle[..n].iter().map(|(_, k)| (*k).clone()).collect();
+        for v in victims {
+            self.peers.remove(&v);
+        }
     }
 
     fn contact_by_peer(&self, peer: &str) -> Option<ContactRecord> {
@@ -1325,7 +1361,7 @@ impl Engine {
     fn input(&mut self, now_ms: u64, input: Input) -> Result<()> {
         match input {
             Input::Discovered { peer, addrs } => {
-                let p = self.peer_mut(&peer, now_ms);
+                let p = self.peer_seen(&peer, now_ms);
                 let new = !p.view.discovered;
                 p.view.discovered = true;
                 p.view.addrs = addrs;
@@ -1342,7 +1378,7 @@ impl Engine {
                 }
             }
             Input::Connected { peer } => {
-                let p = self.peer_mut(&peer, now_ms);
+                let p = self.peer_seen(&peer, now_ms);
                 let was = p.view.connected;
                 p.view.connected = true;
                 p.requested = false;

@@ -7,7 +7,7 @@ use common::*;
 use instaconnect_core::book::Book;
 use instaconnect_core::engine::{
     Command, Engine, Event, Input, Output, GAP_TIMEOUT_MS, MAX_BAD_FRAMES,
-    MAX_INFLIGHT_REQUESTS_PER_PEER,
+    MAX_INFLIGHT_REQUESTS_PER_PEER, MAX_PEERS,
 };
 use instaconnect_core::phone::Phone;
 use instaconnect_wire::proto::{Request, MAX_BATCH_ITEMS};
@@ -656,4 +656,38 @@ fn a_request_goes_before_the_flush_but_acks_and_events_wait_for_it() {
     }
     assert!(acked && shown, "released once committed");
     assert_eq!(texts(&m.history(1, 0)), vec!["before the flush"]);
+}
+
+#[test]
+fn a_crowd_of_strangers_never_grows_the_peer_table_past_its_bound_and_keeps_who_is_connected() {
+    let mut e = Engine::new(account(ASHA.0, ASHA.1), [7; 32]).unwrap();
+    e.handle_input(
+        1,
+        Input::Connected {
+            peer: "friend".into(),
+        },
+    );
+    for i in 0..(MAX_PEERS as u64 + 500) {
+        e.handle_input(
+            2 + i,
+            Input::Discovered {
+                peer: format!("stranger-{i:05}"),
+                addrs: Vec::new(),
+            },
+        );
+        e.commit().unwrap();
+        while e.poll_output().is_some() {}
+    }
+    let peers = e.peers();
+    assert!(peers.len() <= MAX_PEERS, "{} peers kept", peers.len());
+    assert!(
+        peers.iter().any(|p| p.peer == "friend"),
+        "the connected one stays"
+    );
+    let newest = format!("stranger-{:05}", MAX_PEERS as u64 + 499);
+    assert_eq!(peers[0].peer, newest, "the most recently seen first");
+    assert!(
+        !peers.iter().any(|p| p.peer == "stranger-00000"),
+        "the longest unseen went first"
+    );
 }
