@@ -640,7 +640,10 @@ impl Engine {
             if self.relay.can_deposit(peer)
                 && !self.peers.get(peer).is_some_and(|p| p.view.connected)
             {
-                next = earliest(next, self.relay.next_deposit(queue, &self.outbox.inflight));
+                next = earliest(
+                    next,
+                    self.relay.next_deposit(peer, queue, &self.outbox.inflight),
+                );
             }
             if !self.reachable(peer) || !self.has_room(peer) {
                 continue;

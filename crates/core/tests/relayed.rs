@@ -265,3 +265,31 @@ fn deletes_and_end_to_end_acks_of_fetched_texts_wait_for_the_flush() {
     assert_eq!(texts_from(&m, 1, 0), vec!["durable first"]);
     assert_eq!(m.history(0, 1)[0].state, DeliveryState::Delivered);
 }
+
+#[test]
+fn deposits_in_flight_set_no_busy_timer_and_the_rest_follow_their_answers() {
+    let mut m = apart_with_two_relays();
+    m.relay_link(1, 0, false);
+    m.relay_link(1, 1, false);
+    m.hold_relay_wire = true;
+    let sent: Vec<String> = (0..100).map(|i| format!("held {i}")).collect();
+    for t in &sent {
+        send(&mut m, 0, 1, t);
+    }
+    let waiting = m.relay_wire.len();
+    assert!(
+        waiting > 0 && waiting < 2 * sent.len(),
+        "a bounded number of deposits go at once: {waiting}"
+    );
+    if let Some(t) = m.nodes[0].engine.poll_timeout() {
+        assert!(t > m.now, "a timer at {t} while it is {}: busy loop", m.now);
+    }
+    m.hold_relay_wire = false;
+    m.run();
+    assert!(states(&m.history(0, 1))
+        .iter()
+        .all(|s| *s == DeliveryState::Relayed { relays: 2 }));
+    m.relay_link(1, 0, true);
+    m.relay_link(1, 1, true);
+    assert_eq!(texts_from(&m, 1, 0), sent);
+}

@@ -124,12 +124,18 @@ impl RelayState {
         self.boxes.get(peer).is_some_and(|b| !b.is_empty())
     }
 
-    /// When the next deposit of `queue` is due.
+    /// When the next deposit of `queue`, for `peer`, is due: none while as many as may be are
+    /// being deposited (their answers pump the rest).
     pub(super) fn next_deposit(
         &self,
+        peer: &str,
         queue: &BTreeMap<(u64, [u8; 16]), OutboxEntry>,
         inflight: &HashSet<[u8; 16]>,
     ) -> Option<u64> {
+        let busy = self.depositing_per_peer.get(peer).copied().unwrap_or(0);
+        if busy >= MAX_DEPOSITING_PER_PEER {
+            return None;
+        }
         queue
             .values()
             .filter(|e| self.wants_deposit(e, inflight))
@@ -723,11 +729,19 @@ impl Engine {
         }
         let carded = self.contact_by_peer(peer).is_some_and(|c| c.card.is_some());
         if self.session(peer)?.is_none() || !carded {
+            // Not linked (any more): wait like the direct path does, without a busy timer.
+            for id in due {
+                if let Some(e) = self.outbox.get_mut(&id) {
+                    e.next_attempt_ms = now_ms + RETRY_MAX_MS;
+                }
+            }
             return Ok(());
         }
         let secret = self.account.identity_secret.clone();
+        let mut gone = Vec::new();
         for id in due {
             let Some((plaintext, sent_at_ms)) = self.entry_plaintext(&id, now_ms)? else {
+                gone.push(id);
                 continue;
             };
             let envelope = self.seal_envelope(peer, &plaintext, id, sent_at_ms)?;
@@ -762,7 +776,7 @@ impl Engine {
                 .entry(peer.to_string())
                 .or_default() += 1;
         }
-        Ok(())
+        self.forget(&gone)
     }
 
     /// One deposit of message `id` is answered: `seq` if the relay holds it.

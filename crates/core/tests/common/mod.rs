@@ -48,6 +48,8 @@ pub struct Mesh {
     pub relay_wire: VecDeque<(usize, usize, u64, Vec<u8>, Link)>,
     /// Owner links up: (node, relay).
     pub owner_links: HashSet<(usize, usize)>,
+    /// Mailbox requests wait on the wire (unanswered) while set.
+    pub hold_relay_wire: bool,
 }
 
 /// A relay in the mesh: the real sans-IO relay over an in-memory store.
@@ -94,6 +96,7 @@ impl Mesh {
             relays: Vec::new(),
             relay_wire: VecDeque::new(),
             owner_links: HashSet::new(),
+            hold_relay_wire: false,
         }
     }
 
@@ -297,7 +300,12 @@ impl Mesh {
                     );
                 }
             }
-            if let Some((i, r, tag, frame, link)) = self.relay_wire.pop_front() {
+            let next = if self.hold_relay_wire {
+                None
+            } else {
+                self.relay_wire.pop_front()
+            };
+            if let Some((i, r, tag, frame, link)) = next {
                 moved = true;
                 self.relay_step(i, r, tag, frame, link);
             }
