@@ -1674,9 +1674,19 @@ impl Engine {
                 Err(e) => return Ok(Decrypted::Undecryptable(e.to_string())),
             }
         } else if prekey {
+            // A session the peer started. If we started one too that it has not answered (both
+            // accepted at once), both sides must settle on the same one: the one started by
+            // the device with the smaller peer id. The other is used for this message only.
+            let unanswered = self
+                .sessions
+                .get(peer)
+                .is_some_and(|s| !s.has_received_message());
+            let keep_ours = unanswered && self.identity.public().peer_id().as_str() < peer;
             match Session::inbound(&mut self.device, &opened.sender, &opened.payload) {
                 Ok((s, p)) => {
-                    self.sessions.insert(peer.to_string(), s);
+                    if !keep_ours {
+                        self.sessions.insert(peer.to_string(), s);
+                    }
                     self.device_dirty = true;
                     p
                 }

@@ -691,3 +691,43 @@ fn a_crowd_of_strangers_never_grows_the_peer_table_past_its_bound_and_keeps_who_
         "the longest unseen went first"
     );
 }
+
+#[test]
+fn two_people_who_add_and_accept_each_other_at_once_still_read_each_other() {
+    let mut m = Mesh::new(&[ASHA, RAVI]);
+    m.connect(0, 1);
+    for (a, b) in [(0, 1), (1, 0)] {
+        let phone = m.nodes[b].phone.clone();
+        m.book(a)
+            .add_contact(&Phone::parse(&phone, None).unwrap(), None, 2)
+            .unwrap();
+        let peer = m.id(b);
+        m.command(a, Command::RequestContact { phone, peer });
+    }
+    // Both accept before either acceptance arrives: each starts a session of its own.
+    let now = m.now;
+    for (a, b) in [(0, 1), (1, 0)] {
+        let peer = m.id(b);
+        m.nodes[a]
+            .engine
+            .command(now, Command::AcceptContact { peer })
+            .unwrap();
+    }
+    m.run();
+    send(&mut m, 0, 1, "hello from Asha");
+    send(&mut m, 1, 0, "hello from Ravi");
+    send(&mut m, 0, 1, "and again");
+    assert_eq!(
+        texts(&m.history(1, 0))
+            .into_iter()
+            .filter(|t| t.starts_with("hello from Asha") || *t == "and again")
+            .collect::<Vec<_>>(),
+        vec!["hello from Asha", "and again"]
+    );
+    assert!(texts(&m.history(0, 1)).contains(&"hello from Ravi"));
+    assert!(states(&m.history(0, 1))
+        .iter()
+        .zip(m.history(0, 1))
+        .filter(|(_, h)| h.direction == Direction::Outgoing)
+        .all(|(s, _)| *s == DeliveryState::Delivered));
+}
