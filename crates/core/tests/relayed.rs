@@ -22,6 +22,18 @@ fn apart_with_two_relays() -> Mesh {
         }
     }
     for i in 0..2 {
+        let relays: Vec<String> = m.nodes[i]
+            .engine
+            .mailbox_relays()
+            .into_iter()
+            .map(|(r, _)| r)
+            .collect();
+        let mut want = vec![m.relays[r0].peer.clone(), m.relays[r1].peer.clone()];
+        want.sort();
+        assert_eq!(
+            relays, want,
+            "node {i} keeps links to where its mailboxes are"
+        );
         let boxes = m.nodes[i].engine.store().contact_mailboxes().unwrap();
         assert_eq!(boxes.len(), 1, "node {i} knows its contact's mailboxes");
         assert_eq!(boxes[0].boxes.len(), 2, "one on each relay");

@@ -161,6 +161,18 @@ fn receipt_from(relay: &str, r: &Receipt) -> bool {
 }
 
 impl Engine {
+    /// The relays that hold our mailboxes, with the addresses we know for them: the shell
+    /// should keep an owner link to each (besides the relays it was told of), or what contacts
+    /// leave there is never fetched.
+    pub fn mailbox_relays(&self) -> Vec<(String, Vec<String>)> {
+        let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for b in self.relay.own.values() {
+            out.entry(b.rec.relay.clone())
+                .or_insert_with(|| b.rec.addrs.clone());
+        }
+        out.into_iter().collect()
+    }
+
     fn mailbox_request(
         &mut self,
         relay: &str,
