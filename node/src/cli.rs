@@ -143,6 +143,9 @@ pub struct RunArgs {
     /// Multiaddr of a peer to dial at start, e.g. /ip4/192.168.1.7/tcp/4001 (repeatable; replaces network.peers)
     #[arg(long, value_name = "MULTIADDR")]
     pub peer: Vec<String>,
+    /// Multiaddr of a store-and-forward relay, ending in /p2p/<relay peer id>, e.g. /ip4/192.168.1.7/tcp/4001/p2p/12D3KooW... (repeatable; replaces network.relays)
+    #[arg(long, value_name = "MULTIADDR")]
+    pub relay: Vec<String>,
     /// Do not advertise or browse for peers on the local network (mDNS)
     #[arg(long)]
     pub no_mdns: bool,
