@@ -196,6 +196,16 @@ pub enum AccountCmd {
     },
     /// Show the account: phone, name, status, peer id and key fingerprint
     Show,
+    /// Delete the account: take back undelivered messages and mailboxes from every relay (each
+    /// relay's signed receipt is shown), then wipe the data dir. The node must be stopped
+    Delete {
+        /// Wipe even if some relay did not confirm (what it holds stays until it expires)
+        #[arg(long)]
+        force: bool,
+        /// Do not ask for confirmation (needed without a terminal)
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -435,6 +445,7 @@ impl Cli {
             Cmd::Relay(_) => "relay",
             Cmd::Account(AccountCmd::Create { .. }) => "account create",
             Cmd::Account(AccountCmd::Show) => "account show",
+            Cmd::Account(AccountCmd::Delete { .. }) => "account delete",
             Cmd::Profile(ProfileCmd::Set(_)) => "profile set",
             Cmd::Profile(ProfileCmd::Show) => "profile show",
             Cmd::Contacts(c) => match c {
@@ -615,6 +626,9 @@ pub fn execute(cli: Cli, home: &Home, source: Source<'_>, out: &mut Out) -> Resu
             account_create(&ctx, out, &phone, &name)
         }
         Cmd::Account(AccountCmd::Show) => account_show(&ctx, out),
+        Cmd::Account(AccountCmd::Delete { .. }) => Err(Failure::Failed(anyhow!(
+            "the node is running: stop it first (Ctrl-C, or kill -TERM), then run `instaconnect account delete` again"
+        ))),
         Cmd::Profile(ProfileCmd::Set(set)) => profile_set(&ctx, out, set),
         Cmd::Profile(ProfileCmd::Show) => profile_show(&ctx, out),
         Cmd::Contacts(c) => contacts(&ctx, out, c),
