@@ -27,8 +27,8 @@ use std::sync::Arc;
 use instaconnect_crypto::IdentityKey;
 use instaconnect_crypto::{
     open_envelope_cached, seal_envelope_cached, CardDisplay, ContactCard, CryptoError, Device,
-    EnvelopeContent, Identity, MessageId, PayloadKind, Session, SignedDeviceKeys, VerifiedKeys,
-    DEFAULT_CARD_TTL_MS,
+    EnvelopeContent, Identity, MessageId, OpenedEnvelope, PayloadKind, Session, SignedDeviceKeys,
+    VerifiedKeys, DEFAULT_CARD_TTL_MS,
 };
 use instaconnect_store::{Op, Store, StoreError};
 use instaconnect_wire::proto::{
@@ -394,6 +394,17 @@ impl HeldTexts {
     }
 }
 
+/// What became of a sealed envelope's ratchet message.
+enum Decrypted {
+    Plain(zeroize::Zeroizing<Vec<u8>>),
+    /// Our session could not decrypt it.
+    Undecryptable(String),
+    /// No session it belongs to.
+    NoSession,
+    /// A pre-key message that starts no session.
+    BadPrekey,
+}
+
 enum Pending {
     /// Outbox entries, in one request.
     Items {
@@ -434,6 +445,11 @@ pub struct Engine {
     dirty_sessions: BTreeSet<String>,
     /// Device keys already verified (bounded by the crypto crate).
     verified: VerifiedKeys,
+    /// Relays, our mailboxes on them and deposits in contacts' mailboxes.
+    relay: mailbox::RelayState,
+    /// Tags of requests (direct or mailbox) that must wait for the flush of what they
+    /// acknowledge, like responses do.
+    after_flush: HashSet<u64>,
 }
 
 fn earliest(a: Option<u64>, b: Option<u64>) -> Option<u64> {
@@ -463,6 +479,7 @@ impl Engine {
             };
             outbox.insert(order, e);
         }
+        let relay = mailbox::RelayState::load(store.as_ref())?;
         let mut held = HeldTexts::default();
         for h in store.held()? {
             held.by_conversation
@@ -491,6 +508,8 @@ impl Engine {
             held,
             dirty_sessions: BTreeSet::new(),
             verified: VerifiedKeys::new(),
+            relay,
+            after_flush: HashSet::new(),
         })
     }
 
@@ -560,15 +579,21 @@ impl Engine {
             self.write(vec![Op::PutAccount(self.account.clone())])?;
             self.device_dirty = false;
         }
-        let acks = self
-            .staged
-            .iter()
-            .any(|o| matches!(o, Output::Respond { .. }));
+        let after_flush = &mut self.after_flush;
+        let acks = self.staged.iter().any(|o| match o {
+            Output::Respond { .. } => true,
+            Output::Request { tag, .. } | Output::Mailbox { tag, .. } => after_flush.contains(tag),
+            _ => false,
+        });
         let mut held = Vec::new();
         for o in self.staged.drain(..) {
-            match o {
-                Output::Request { .. } => self.ready.push_back(o),
-                other => held.push(other),
+            match &o {
+                Output::Request { tag, .. } | Output::Mailbox { tag, .. }
+                    if !after_flush.remove(tag) =>
+                {
+                    self.ready.push_back(o)
+                }
+                _ => held.push(o),
             }
         }
         if acks || (durable && self.wrote) {
@@ -609,6 +634,11 @@ impl Engine {
     pub fn poll_timeout(&self) -> Option<u64> {
         let mut next: Option<u64> = None;
         for (peer, queue) in &self.outbox.queues {
+            if self.relay.can_deposit(peer)
+                && !self.peers.get(peer).is_some_and(|p| p.view.connected)
+            {
+                next = earliest(next, self.relay.next_deposit(queue, &self.outbox.inflight));
+            }
             if !self.reachable(peer) || !self.has_room(peer) {
                 continue;
             }
@@ -790,13 +820,27 @@ impl Engine {
         .encode()?)
     }
 
-    /// Encrypts an encoded payload for `peer` and seals it. The session must exist.
+    /// Encrypts an encoded payload for `peer` and seals it, as a request frame. The session
+    /// must exist.
     fn seal(&mut self, peer: &str, plaintext: &[u8], id: [u8; 16], now_ms: u64) -> Result<Vec<u8>> {
+        let envelope = self.seal_envelope(peer, plaintext, id, now_ms)?;
+        Ok(Request::Envelope(envelope).encode()?)
+    }
+
+    /// Encrypts an encoded payload for `peer` and seals it in an envelope (for a request or a
+    /// relay). The session must exist.
+    fn seal_envelope(
+        &mut self,
+        peer: &str,
+        plaintext: &[u8],
+        id: [u8; 16],
+        now_ms: u64,
+    ) -> Result<Vec<u8>> {
         let ratchet = self.encrypt(peer, plaintext)?;
         let recipient = self
             .recipient_keys(peer)?
             .ok_or_else(|| EngineError::NotLinked(peer.to_string()))?;
-        let envelope = seal_envelope_cached(
+        Ok(seal_envelope_cached(
             &mut self.verified,
             &self.device,
             &self.own_keys,
@@ -807,8 +851,7 @@ impl Engine {
                 kind: PayloadKind::Pairwise,
                 payload: ratchet,
             },
-        )?;
-        Ok(Request::Envelope(envelope).encode()?)
+        )?)
     }
 
     fn recipient_keys(&self, peer: &str) -> Result<Option<SignedDeviceKeys>> {
@@ -990,8 +1033,9 @@ impl Engine {
     fn on_linked(&mut self, peer: &str, phone: String, now_ms: u64) -> Result<()> {
         self.event(Event::ContactAccepted {
             peer: peer.to_string(),
-            phone,
+            phone: phone.clone(),
         });
+        self.mailboxes_for(&phone, true, now_ms)?;
         self.command(
             now_ms,
             Command::RequestProfile {
@@ -1005,6 +1049,18 @@ impl Engine {
     /// Queues a payload that is not a stored message (accept, receipt) in the outbox, so it is
     /// retried until acknowledged.
     fn queue_ephemeral(&mut self, peer: &str, payload: &Payload, now_ms: u64) -> Result<()> {
+        self.queue_payload(peer, payload, false, now_ms)
+    }
+
+    /// [`Engine::queue_ephemeral`]; with `after_flush`, its first sending waits for the flush
+    /// of what was written before (for acknowledgements of what was just stored).
+    fn queue_payload(
+        &mut self,
+        peer: &str,
+        payload: &Payload,
+        after_flush: bool,
+        now_ms: u64,
+    ) -> Result<()> {
         let id = self.random_id();
         let entry = OutboxEntry {
             id,
@@ -1015,6 +1071,9 @@ impl Engine {
         };
         self.write(vec![Op::PutOutbox(entry.clone())])?;
         self.outbox.insert(0, entry);
+        if after_flush {
+            self.relay.durable_first.insert(id);
+        }
         self.pump_outbox(Some(peer), now_ms)
     }
 
@@ -1063,6 +1122,9 @@ impl Engine {
             None => self.outbox.queues.keys().cloned().collect(),
         };
         for peer in peers {
+            if !self.peers.get(&peer).is_some_and(|p| p.view.connected) {
+                self.deposit_due(&peer, now_ms)?;
+            }
             if !self.reachable(&peer) {
                 continue;
             }
@@ -1130,20 +1192,13 @@ impl Engine {
             let Some(e) = self.outbox.get(&id) else {
                 continue;
             };
-            let (plaintext, sent_at_ms) = match &e.payload {
-                // Goes alone, next.
-                OutboxPayload::Sealed(_) => break,
-                OutboxPayload::Payload(p) => (p.clone(), now_ms),
-                OutboxPayload::Text { n } => {
-                    let n = *n;
-                    match self.store.message(&id)? {
-                        Some(m) => (Payload::Text { text: m.text, n }.encode()?, m.sent_at_ms),
-                        None => {
-                            gone.push(id);
-                            continue;
-                        }
-                    }
+            let Some((plaintext, sent_at_ms)) = self.entry_plaintext(&id, now_ms)? else {
+                if matches!(e.payload, OutboxPayload::Sealed(_)) {
+                    // Goes alone, next.
+                    break;
                 }
+                gone.push(id);
+                continue;
             };
             if sealed {
                 let frame = self.seal(peer, &plaintext, id, sent_at_ms)?;
@@ -1174,15 +1229,45 @@ impl Engine {
         Ok(true)
     }
 
+    /// What an outbox entry sends, encoded, and when it was sent; `None` for a frame sealed
+    /// under an older schema, or a text whose message is gone.
+    fn entry_plaintext(&self, id: &[u8; 16], now_ms: u64) -> Result<Option<(Vec<u8>, u64)>> {
+        let Some(e) = self.outbox.get(id) else {
+            return Ok(None);
+        };
+        Ok(match &e.payload {
+            OutboxPayload::Sealed(_) => None,
+            OutboxPayload::Payload(p) => Some((p.clone(), now_ms)),
+            OutboxPayload::Text { n } => self
+                .store
+                .message(id)?
+                .map(|m| {
+                    let sent = m.sent_at_ms;
+                    (
+                        Payload::Text {
+                            text: m.text,
+                            n: *n,
+                        }
+                        .encode(),
+                        sent,
+                    )
+                })
+                .map(|(p, t)| p.map(|p| (p, t)))
+                .transpose()?,
+        })
+    }
+
     /// Drops outbox entries whose message is gone.
     fn forget(&mut self, ids: &[[u8; 16]]) -> Result<()> {
         if ids.is_empty() {
             return Ok(());
         }
+        let mut ops: Vec<Op> = ids.iter().map(|id| Op::RemoveOutbox(*id)).collect();
         for id in ids {
             self.outbox.remove(id);
+            self.forget_deposits(id, &mut ops);
         }
-        self.write(ids.iter().map(|id| Op::RemoveOutbox(*id)).collect())?;
+        self.write(ops)?;
         Ok(())
     }
 
@@ -1191,6 +1276,9 @@ impl Engine {
         let tag = self.tag();
         for id in &ids {
             self.outbox.inflight.insert(*id);
+            if self.relay.durable_first.remove(id) {
+                self.after_flush.insert(tag);
+            }
         }
         if let Some(p) = self.peers.get_mut(peer) {
             p.inflight += 1;
@@ -1493,42 +1581,21 @@ impl Engine {
         if self.is_blocked(&contact.phone) {
             return self.respond(channel, Response::NotNow);
         }
-        // Decrypt with the session we have, or start the inbound one from a pre-key message.
-        let have = self.session(peer)?.is_some();
-        let plaintext = if have
-            && (!Session::is_prekey_message(&opened.payload)
-                || self
-                    .sessions
-                    .get(peer)
-                    .is_some_and(|s| s.matches_prekey(&opened.payload)))
-        {
-            let s = self.sessions.get_mut(peer).expect("loaded above");
-            match s.decrypt_from(&opened.sender, &opened.payload) {
-                Ok(p) => p,
+        let plaintext = match self.decrypt_sealed(peer, &opened)? {
+            Decrypted::Plain(p) => p,
+            Decrypted::Undecryptable(e) => {
                 // The sender is authenticated (sealed by the peer's own keys): a ratchet
                 // message we cannot decrypt is not an attack on us. It is refused for now,
                 // not counted as misbehaviour.
-                Err(e) => {
-                    self.problem(format!(
-                        "a message from {} could not be decrypted ({e}); it stays with the sender",
-                        contact.phone
-                    ));
-                    return self.respond(channel, Response::NotNow);
-                }
+                self.problem(format!(
+                    "a message from {} could not be decrypted ({e}); it stays with the sender",
+                    contact.phone
+                ));
+                return self.respond(channel, Response::NotNow);
             }
-        } else if Session::is_prekey_message(&opened.payload) {
-            match Session::inbound(&mut self.device, &opened.sender, &opened.payload) {
-                Ok((s, p)) => {
-                    self.sessions.insert(peer.to_string(), s);
-                    self.device_dirty = true;
-                    p
-                }
-                Err(_) => return self.bad_frame(peer, channel, now_ms),
-            }
-        } else {
-            return self.respond(channel, Response::NotNow);
+            Decrypted::NoSession => return self.respond(channel, Response::NotNow),
+            Decrypted::BadPrekey => return self.bad_frame(peer, channel, now_ms),
         };
-        self.session_changed(peer);
         let payload = match Payload::decode(&plaintext) {
             Ok(p) => p,
             Err(_) => return self.bad_frame(peer, channel, now_ms),
@@ -1546,6 +1613,41 @@ impl Engine {
             return self.bad_frame(peer, channel, now_ms);
         }
         self.respond(channel, Response::Ack(id))
+    }
+
+    /// Decrypts an opened envelope from `peer` with the session we have, or starts the inbound
+    /// session from a pre-key message.
+    fn decrypt_sealed(&mut self, peer: &str, opened: &OpenedEnvelope) -> Result<Decrypted> {
+        let have = self.session(peer)?.is_some();
+        let prekey = Session::is_prekey_message(&opened.payload);
+        let ours = have
+            && (!prekey
+                || self
+                    .sessions
+                    .get(peer)
+                    .is_some_and(|s| s.matches_prekey(&opened.payload)));
+        let plaintext = if ours {
+            let Some(s) = self.sessions.get_mut(peer) else {
+                return Ok(Decrypted::NoSession);
+            };
+            match s.decrypt_from(&opened.sender, &opened.payload) {
+                Ok(p) => p,
+                Err(e) => return Ok(Decrypted::Undecryptable(e.to_string())),
+            }
+        } else if prekey {
+            match Session::inbound(&mut self.device, &opened.sender, &opened.payload) {
+                Ok((s, p)) => {
+                    self.sessions.insert(peer.to_string(), s);
+                    self.device_dirty = true;
+                    p
+                }
+                Err(_) => return Ok(Decrypted::BadPrekey),
+            }
+        } else {
+            return Ok(Decrypted::NoSession);
+        };
+        self.session_changed(peer);
+        Ok(Decrypted::Plain(plaintext))
     }
 
     /// Ratchet messages of an established session, from the peer the connection authenticates.
@@ -1878,6 +1980,7 @@ impl Engine {
                 if self.outbox.remove(&id).is_some() {
                     ops.push(Op::RemoveOutbox(id));
                 }
+                self.forget_deposits(&id, &mut ops);
                 self.set_state(&id, DeliveryState::Delivered)?;
             } else if let Some(e) = self.retry_later(&id, now_ms) {
                 ops.push(Op::PutOutbox(e));

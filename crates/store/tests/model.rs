@@ -3,6 +3,7 @@
 
 use instaconnect_store::{MemStore, Op, SledStore, Store};
 use instaconnect_wire::records::*;
+use instaconnect_wire::proto::MailboxAddress;
 use instaconnect_wire::SecretBytes;
 use proptest::prelude::*;
 
@@ -164,6 +165,43 @@ fn op() -> impl Strategy<Value = Op> {
         any::<u8>().prop_map(|b| Op::PutReplay(SecretBytes::new(vec![b; 3]))),
         (0u8..6).prop_map(|id| Op::MarkSeen([id; 16])),
     ]
+    .boxed()
+    .prop_union(relay_op().boxed())
+}
+
+/// Mailboxes and deposits (the device side of relays).
+fn relay_op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (phone(), 0u8..4, any::<bool>()).prop_map(|(phone, m, created)| Op::PutOwnMailbox(
+            OwnMailbox {
+                phone,
+                relay: format!("relay{m}"),
+                addrs: vec![format!("/ip4/127.0.0.1/tcp/{m}")],
+                key: SecretBytes::new(vec![m; 32]),
+                mailbox: [m; 32],
+                created,
+            }
+        )),
+        (0u8..4).prop_map(|m| Op::RemoveOwnMailbox([m; 32])),
+        (phone(), 0u8..3).prop_map(|(phone, n)| Op::PutContactMailboxes(ContactMailboxes {
+            phone,
+            boxes: (0..n)
+                .map(|m| MailboxAddress {
+                    relay: format!("relay{m}"),
+                    addrs: Vec::new(),
+                    mailbox: [m; 32],
+                })
+                .collect(),
+        })),
+        (0u8..6, 0u8..3, any::<u64>()).prop_map(|(id, m, seq)| Op::PutDeposit(DepositRecord {
+            id: [id; 16],
+            relay: format!("relay{m}"),
+            addrs: Vec::new(),
+            mailbox: [m; 32],
+            seq,
+        })),
+        (0u8..6, 0u8..3).prop_map(|(id, m)| Op::RemoveDeposit([id; 16], [m; 32])),
+    ]
 }
 
 fn snapshot(s: &dyn Store) -> String {
@@ -181,6 +219,9 @@ fn snapshot(s: &dyn Store) -> String {
         s.replay().unwrap(),
     );
     out.push_str(&format!("\n{:?}", s.held().unwrap()));
+    out.push_str(&format!("\n{:?}", s.own_mailboxes().unwrap()));
+    out.push_str(&format!("\n{:?}", s.contact_mailboxes().unwrap()));
+    out.push_str(&format!("\n{:?}", s.deposits().unwrap()));
     for i in 0u8..6 {
         let p = format!("+9198123456{i:02}");
         out.push_str(&format!("\n{:?}", s.messages(&p, 0).unwrap()));
