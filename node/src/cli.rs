@@ -1043,6 +1043,13 @@ fn contacts(ctx: &Ctx, out: &mut Out, cmd: ContactsCmd) -> Result<(), Failure> {
             let c = book.resolve_contact(&contact, ctx.region.as_ref())?;
             let blocked = instaconnect_store::Store::block(&*store, &c.phone)?.is_some();
             let linked = c.card.is_some();
+            // The relays where the contact opened a mailbox for us (messages reach them there
+            // while their device is away).
+            let relays: Vec<String> = instaconnect_store::Store::contact_mailboxes(&*store)?
+                .into_iter()
+                .filter(|m| m.phone == c.phone)
+                .flat_map(|m| m.boxes.into_iter().map(|b| b.relay))
+                .collect();
             if ctx.json {
                 out.json(&json!({
                     "phone": c.phone,
@@ -1051,6 +1058,7 @@ fn contacts(ctx: &Ctx, out: &mut Out, cmd: ContactsCmd) -> Result<(), Failure> {
                     "linked": linked,
                     "blocked": blocked,
                     "added_at_ms": c.added_at_ms,
+                    "relays": relays,
                 }))?;
             } else {
                 out.line(format!("phone:   {}", c.phone));
@@ -1064,6 +1072,9 @@ fn contacts(ctx: &Ctx, out: &mut Out, cmd: ContactsCmd) -> Result<(), Failure> {
                         (false, _) => "",
                     }
                 ));
+                if !relays.is_empty() {
+                    out.line(format!("relays:  {}", relays.join(", ")));
+                }
                 if blocked {
                     out.line("blocked");
                 }
