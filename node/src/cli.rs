@@ -143,6 +143,9 @@ pub struct RunArgs {
     /// Multiaddr of a peer to dial at start, e.g. /ip4/192.168.1.7/tcp/4001 (repeatable; replaces network.peers)
     #[arg(long, value_name = "MULTIADDR")]
     pub peer: Vec<String>,
+    /// Multiaddr of a store-and-forward relay, ending in /p2p/<relay peer id>, e.g. /ip4/192.168.1.7/tcp/4001/p2p/12D3KooW... (repeatable; replaces network.relays)
+    #[arg(long, value_name = "MULTIADDR")]
+    pub relay: Vec<String>,
     /// Do not advertise or browse for peers on the local network (mDNS)
     #[arg(long)]
     pub no_mdns: bool,
@@ -193,6 +196,16 @@ pub enum AccountCmd {
     },
     /// Show the account: phone, name, status, peer id and key fingerprint
     Show,
+    /// Delete the account: take back undelivered messages and mailboxes from every relay (each
+    /// relay's signed receipt is shown), then wipe the data dir. The node must be stopped
+    Delete {
+        /// Wipe even if some relay did not confirm (what it holds stays until it expires)
+        #[arg(long)]
+        force: bool,
+        /// Do not ask for confirmation (needed without a terminal)
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -432,6 +445,7 @@ impl Cli {
             Cmd::Relay(_) => "relay",
             Cmd::Account(AccountCmd::Create { .. }) => "account create",
             Cmd::Account(AccountCmd::Show) => "account show",
+            Cmd::Account(AccountCmd::Delete { .. }) => "account delete",
             Cmd::Profile(ProfileCmd::Set(_)) => "profile set",
             Cmd::Profile(ProfileCmd::Show) => "profile show",
             Cmd::Contacts(c) => match c {
@@ -612,6 +626,9 @@ pub fn execute(cli: Cli, home: &Home, source: Source<'_>, out: &mut Out) -> Resu
             account_create(&ctx, out, &phone, &name)
         }
         Cmd::Account(AccountCmd::Show) => account_show(&ctx, out),
+        Cmd::Account(AccountCmd::Delete { .. }) => Err(Failure::Failed(anyhow!(
+            "the node is running: stop it first (Ctrl-C, or kill -TERM), then run `instaconnect account delete` again"
+        ))),
         Cmd::Profile(ProfileCmd::Set(set)) => profile_set(&ctx, out, set),
         Cmd::Profile(ProfileCmd::Show) => profile_show(&ctx, out),
         Cmd::Contacts(c) => contacts(&ctx, out, c),
@@ -1026,6 +1043,13 @@ fn contacts(ctx: &Ctx, out: &mut Out, cmd: ContactsCmd) -> Result<(), Failure> {
             let c = book.resolve_contact(&contact, ctx.region.as_ref())?;
             let blocked = instaconnect_store::Store::block(&*store, &c.phone)?.is_some();
             let linked = c.card.is_some();
+            // The relays where the contact opened a mailbox for us (messages reach them there
+            // while their device is away).
+            let relays: Vec<String> = instaconnect_store::Store::contact_mailboxes(&*store)?
+                .into_iter()
+                .filter(|m| m.phone == c.phone)
+                .flat_map(|m| m.boxes.into_iter().map(|b| b.relay))
+                .collect();
             if ctx.json {
                 out.json(&json!({
                     "phone": c.phone,
@@ -1034,6 +1058,7 @@ fn contacts(ctx: &Ctx, out: &mut Out, cmd: ContactsCmd) -> Result<(), Failure> {
                     "linked": linked,
                     "blocked": blocked,
                     "added_at_ms": c.added_at_ms,
+                    "relays": relays,
                 }))?;
             } else {
                 out.line(format!("phone:   {}", c.phone));
@@ -1047,6 +1072,9 @@ fn contacts(ctx: &Ctx, out: &mut Out, cmd: ContactsCmd) -> Result<(), Failure> {
                         (false, _) => "",
                     }
                 ));
+                if !relays.is_empty() {
+                    out.line(format!("relays:  {}", relays.join(", ")));
+                }
                 if blocked {
                     out.line("blocked");
                 }

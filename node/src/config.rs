@@ -29,6 +29,9 @@ pub struct NetworkConfig {
     pub listen: Vec<String>,
     /// Multiaddrs of peers to dial at start.
     pub peers: Vec<String>,
+    /// Store-and-forward relays, each a multiaddr ending in `/p2p/<relay peer id>` (relays
+    /// seen over mDNS are used too).
+    pub relays: Vec<String>,
     /// Advertise and browse on the local network with mDNS.
     pub mdns: bool,
 }
@@ -66,6 +69,7 @@ impl Default for NetworkConfig {
                 "/ip4/0.0.0.0/udp/0/quic-v1".to_string(),
             ],
             peers: Vec::new(),
+            relays: Vec::new(),
             mdns: true,
         }
     }
@@ -98,6 +102,7 @@ impl NodeConfig {
                 let origin = |key: &str| format!("{key} in {}", path.display());
                 check_all(&c.network.listen, &origin("network.listen"))?;
                 check_all(&c.network.peers, &origin("network.peers"))?;
+                check_relays(&c.network.relays, &origin("network.relays"))?;
                 c
             }
         };
@@ -108,6 +113,10 @@ impl NodeConfig {
         if !args.peer.is_empty() {
             check_all(&args.peer, "--peer")?;
             config.network.peers = args.peer.clone();
+        }
+        if !args.relay.is_empty() {
+            check_relays(&args.relay, "--relay")?;
+            config.network.relays = args.relay.clone();
         }
         if args.no_mdns {
             config.network.mdns = false;
@@ -145,6 +154,19 @@ pub(crate) fn check_all(addrs: &[String], origin: &str) -> Result<(), Failure> {
         check_multiaddr(a).map_err(|why| {
             usage(anyhow!(
                 "invalid multiaddr {a:?} ({origin}): {why}; expected something like /ip4/0.0.0.0/tcp/0 or /ip4/192.168.1.7/udp/4001/quic-v1"
+            ))
+        })?;
+    }
+    Ok(())
+}
+
+/// Checks relay addresses: multiaddrs that end in `/p2p/<the relay's peer id>`.
+pub(crate) fn check_relays(addrs: &[String], origin: &str) -> Result<(), Failure> {
+    check_all(addrs, origin)?;
+    for a in addrs {
+        instaconnect_net::parse_relay_addr(a).map_err(|_| {
+            usage(anyhow!(
+                "invalid relay address {a:?} ({origin}): it must end in /p2p/<the relay's peer id>, e.g. /ip4/192.168.1.7/tcp/4001/p2p/12D3KooW... (the relay prints its address when it starts)"
             ))
         })?;
     }
@@ -257,6 +279,86 @@ mod tests {
         assert!(e.contains("unknown field `colour`"), "{e}");
         let e = NodeConfig::from_toml("[log]\nformat = \"xml\"\n").unwrap_err();
         assert!(e.contains("xml"), "{e}");
+    }
+
+    fn run_args(args: &[&str]) -> RunArgs {
+        use clap::Parser;
+        let mut argv = vec!["instaconnect", "run"];
+        argv.extend_from_slice(args);
+        match crate::cli::Cli::try_parse_from(argv).expect("parses").cmd {
+            crate::cli::Cmd::Run(a) => a,
+            other => panic!("not run: {other:?}"),
+        }
+    }
+
+    fn error_of(r: Result<NodeConfig, Failure>) -> (bool, String) {
+        match r {
+            Ok(c) => panic!("accepted: {c:?}"),
+            Err(Failure::Usage(e)) => (true, format!("{e:#}")),
+            Err(Failure::Failed(e)) => (false, format!("{e:#}")),
+        }
+    }
+
+    const RELAY: &str =
+        "/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN";
+
+    #[test]
+    fn relays_come_from_the_flag_which_replaces_the_config() {
+        assert!(NodeConfig::default().network.relays.is_empty());
+        let c = NodeConfig::build(&run_args(&["--relay", RELAY, "--relay", RELAY])).unwrap();
+        assert_eq!(c.network.relays, vec![RELAY, RELAY]);
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("device.toml");
+        let other = RELAY.replace("4001", "4002");
+        std::fs::write(&file, format!("[network]\nrelays = [{RELAY:?}]\n")).unwrap();
+        let path = file.to_str().unwrap();
+        let c = NodeConfig::build(&run_args(&["--config", path])).unwrap();
+        assert_eq!(c.network.relays, vec![RELAY]);
+        let c = NodeConfig::build(&run_args(&["--config", path, "--relay", &other])).unwrap();
+        assert_eq!(c.network.relays, vec![other]);
+    }
+
+    #[test]
+    fn a_relay_without_its_peer_id_or_a_bad_multiaddr_is_a_clear_usage_error() {
+        let (usage, e) = error_of(NodeConfig::build(&run_args(&[
+            "--relay",
+            "/ip4/127.0.0.1/tcp/4001",
+        ])));
+        assert!(usage, "{e}");
+        assert!(
+            e.contains("--relay") && e.contains("must end in /p2p/"),
+            "{e}"
+        );
+        let (usage, e) = error_of(NodeConfig::build(&run_args(&[
+            "--relay",
+            "relay.example:4001",
+        ])));
+        assert!(usage, "{e}");
+        assert!(e.contains("--relay") && e.contains("starts with /"), "{e}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("device.toml");
+        std::fs::write(
+            &file,
+            "[network]\nrelays = [\"/ip4/10.0.0.1/udp/1/quic-v1\"]\n",
+        )
+        .unwrap();
+        let (usage, e) = error_of(NodeConfig::build(&run_args(&[
+            "--config",
+            file.to_str().unwrap(),
+        ])));
+        assert!(usage, "{e}");
+        assert!(
+            e.contains("network.relays in") && e.contains("must end in /p2p/"),
+            "{e}"
+        );
+        std::fs::write(&file, "[network]\nrelays = \"/ip4/10.0.0.1/tcp/1\"\n").unwrap();
+        let (usage, e) = error_of(NodeConfig::build(&run_args(&[
+            "--config",
+            file.to_str().unwrap(),
+        ])));
+        assert!(usage && e.contains("relays"), "{e}");
     }
 
     #[test]

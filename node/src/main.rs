@@ -1,5 +1,6 @@
 //! `instaconnect`: the InstaConnect Mesh command line.
 
+mod account_delete;
 mod chat;
 mod cli;
 mod client;
@@ -93,6 +94,10 @@ fn main_with(cli: cli::Cli, out: &mut output::Out) -> Result<u8, Failure> {
     }
     if let cli::Cmd::Chat { contact } = &cli.cmd {
         return chat::run(&home, contact);
+    }
+    // `account delete` runs only here, with the node stopped: it wipes the node's data dir.
+    if let cli::Cmd::Account(cli::AccountCmd::Delete { force, yes }) = cli.cmd {
+        return account_delete::run(&home, force, yes, cli.json_output(), out);
     }
     // `account create` is never forwarded: it only reads the existing account from a node.
     let is_create = matches!(cli.cmd, cli::Cmd::Account(cli::AccountCmd::Create { .. }));

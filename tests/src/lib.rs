@@ -609,3 +609,24 @@ pub fn stdout_lines(child: &mut std::process::Child) -> mpsc::Receiver<Option<St
     });
     lines
 }
+
+/// Checks `f` every 100 ms until it returns `Some`, for at most `timeout`; panics with `what`
+/// and the last value seen otherwise. For conditions with no event to wait for (a relay's
+/// metrics, states in a store).
+pub fn wait_until<T, L: std::fmt::Debug>(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> Result<T, L>,
+) -> T {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match f() {
+            Ok(v) => return v,
+            Err(last) => assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {what}; last seen: {last:?}"
+            ),
+        }
+        std::thread::park_timeout(Duration::from_millis(100));
+    }
+}

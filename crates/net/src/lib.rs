@@ -12,6 +12,8 @@
 //! NetHandle (Clone):
 //!   local_peer_id()                 our PeerId string
 //!   dial(addr)                      connect to a multiaddr (with or without /p2p/<id>)
+//!   dial_peer(peer, addrs)          connect to a peer, trying these addresses, unless it is
+//!                                     connected or being dialled already
 //!   add_address(peer, addr)         remember an address for a peer; `request` dials it if needed
 //!   request(peer, frame)            -> RequestId; the answer arrives as NetEvent::Response or
 //!                                     NetEvent::RequestFailed with that id
@@ -316,6 +318,8 @@ pub enum NetError {
     InvalidAddress(String),
     #[error("invalid peer id {0:?}")]
     InvalidPeerId(String),
+    #[error("the relay address {0:?} must end in /p2p/<the relay's peer id>, e.g. /ip4/192.168.1.7/tcp/4001/p2p/12D3KooW...")]
+    RelayWithoutPeerId(String),
     #[error("invalid role {0:?} (expected device or relay)")]
     InvalidRole(String),
     #[error("invalid identity key: {0}")]
@@ -351,6 +355,11 @@ pub(crate) enum Proto {
 pub(crate) enum Command {
     Dial {
         addr: Multiaddr,
+        reply: oneshot::Sender<Result<(), NetError>>,
+    },
+    DialPeer {
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
         reply: oneshot::Sender<Result<(), NetError>>,
     },
     AddAddress {
@@ -440,6 +449,20 @@ impl NetHandle {
         self.call(|reply| Command::Dial { addr, reply }).await?
     }
 
+    /// Dials `peer` on `addrs` (each with or without `/p2p/<peer>`; an address naming another
+    /// peer is an error), unless it is connected or being dialled already (then
+    /// [`NetError::Dial`]). The outcome arrives as [`NetEvent::Connected`] or
+    /// [`NetEvent::DialFailed`] (once, when every address failed).
+    pub async fn dial_peer(&self, peer: &str, addrs: &[String]) -> Result<(), NetError> {
+        let peer = parse_peer(peer)?;
+        let addrs = addrs
+            .iter()
+            .map(|a| parse_addr(a))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.call(|reply| Command::DialPeer { peer, addrs, reply })
+            .await?
+    }
+
     /// Remembers `addr` for `peer`; a later `request` to that peer dials it if not connected.
     pub async fn add_address(&self, peer: &str, addr: &str) -> Result<(), NetError> {
         let peer = parse_peer(peer)?;
@@ -510,8 +533,41 @@ impl NetHandle {
     }
 }
 
+/// Splits a relay's multiaddr, which must end in `/p2p/<peer id>`, into the relay's peer id
+/// and the address (returned whole, as given).
+pub fn parse_relay_addr(addr: &str) -> Result<(String, String), NetError> {
+    let ma = parse_addr(addr)?;
+    match ma.iter().last() {
+        Some(libp2p::multiaddr::Protocol::P2p(peer)) if ma.iter().count() > 1 => {
+            Ok((peer.to_base58(), addr.to_string()))
+        }
+        _ => Err(NetError::RelayWithoutPeerId(addr.to_string())),
+    }
+}
+
 /// Starts the network on the current tokio runtime. Returns once every listener has an
 /// address (or fails with [`NetError::Listen`]); the `Listening` events are the first events.
 pub async fn start(cfg: NetConfig) -> Result<(NetHandle, mpsc::Receiver<NetEvent>), NetError> {
     task::start(cfg).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_relay_address_must_name_the_relay() {
+        let peer = "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN";
+        let addr = format!("/ip4/127.0.0.1/tcp/4001/p2p/{peer}");
+        assert_eq!(
+            parse_relay_addr(&addr).unwrap(),
+            (peer.to_string(), addr.clone())
+        );
+        let e = parse_relay_addr("/ip4/127.0.0.1/tcp/4001").unwrap_err();
+        assert!(e.to_string().contains("must end in /p2p/"), "{e}");
+        let e = parse_relay_addr(&format!("/p2p/{peer}")).unwrap_err();
+        assert!(e.to_string().contains("must end in /p2p/"), "{e}");
+        let e = parse_relay_addr("127.0.0.1:4001").unwrap_err();
+        assert!(matches!(e, NetError::InvalidAddress(_)), "{e}");
+    }
 }

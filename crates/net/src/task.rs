@@ -8,6 +8,7 @@ use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{
     self as rr, InboundFailure, InboundRequestId, OutboundRequestId, ResponseChannel,
 };
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{identify, Multiaddr, PeerId, Swarm};
 use tokio::sync::{mpsc, oneshot};
@@ -267,6 +268,29 @@ impl NetTask {
                     .swarm
                     .dial(addr)
                     .map_err(|e| NetError::Dial(e.to_string()));
+                reply_to(reply, res);
+            }
+            Command::DialPeer { peer, addrs, reply } => {
+                let mut bare = Vec::with_capacity(addrs.len());
+                let mut res = Ok(());
+                for addr in addrs {
+                    match split_p2p(&addr) {
+                        (_, Some(other)) if other != peer => {
+                            res = Err(NetError::InvalidAddress(addr.to_string()));
+                        }
+                        (a, _) => bare.push(a),
+                    }
+                }
+                if res.is_ok() {
+                    let opts = DialOpts::peer_id(peer)
+                        .addresses(bare)
+                        .condition(PeerCondition::DisconnectedAndNotDialing)
+                        .build();
+                    res = self
+                        .swarm
+                        .dial(opts)
+                        .map_err(|e| NetError::Dial(e.to_string()));
+                }
                 reply_to(reply, res);
             }
             Command::AddAddress { peer, addr, reply } => {

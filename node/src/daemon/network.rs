@@ -2,8 +2,9 @@
 //! messaging engine (`crates/core`) through `instaconnect_net::driver`.
 //!
 //! [`run`] derives the libp2p identity from the account, starts the swarm on the configured
-//! addresses, dials the configured peers, starts the engine on a handle to the same sled
-//! database, publishes the engine's events to the control API's stream, and on shutdown lets
+//! addresses, dials the configured peers, starts the relay links (two ephemeral identities,
+//! see `instaconnect_net::driver::RelayLinks`) for the configured relays, starts the engine on
+//! a handle to the same sled database, publishes the engine's events to the control API's stream, and on shutdown lets
 //! the driver commit, then closes the swarm (mDNS goodbye, connections closed).
 
 use std::sync::Arc;
@@ -56,10 +57,19 @@ pub async fn run(
             tracing::warn!("cannot dial {peer}: {e}");
         }
     }
+    // Relays are reached over two links of their own, each with an ephemeral identity: the
+    // account's identity never connects to a relay.
+    let links = driver::RelayLinks::start(&config.relays)
+        .await
+        .context("cannot start the relay links")?;
+    if !config.relays.is_empty() {
+        tracing::info!(relays = config.relays.len(), "relays configured");
+    }
     let mut rng_seed = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut rng_seed);
     let engine = Engine::new(store, rng_seed).context("cannot start the messaging engine")?;
-    let (handle, task) = driver::spawn(engine, net.clone(), net_events, shutdown.watch());
+    let (handle, task) =
+        driver::spawn_with_relays(engine, net.clone(), net_events, links, shutdown.watch());
     let mut user_events = handle.subscribe();
     let _ = slot.set(handle);
     let forward = tokio::spawn(async move {
