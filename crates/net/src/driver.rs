@@ -239,6 +239,11 @@ fn spawn_inner(
             for (peer, addrs) in l.configured {
                 relays.add(peer, addrs, Source::Configured, now);
             }
+            // Relays that hold our mailboxes stay linked even when the configuration no longer
+            // names them: what contacts leave there must still be fetched.
+            for (peer, addrs) in engine.mailbox_relays() {
+                relays.add(peer, addrs, Source::Configured, now);
+            }
             (Some(relays), Some(l.owner_events), Some(l.depositor_events))
         }
         None => (None, None, None),
