@@ -87,6 +87,10 @@ pub struct RelayMetrics {
     pub deletes: u64,
     pub purges: u64,
     pub expired: u64,
+    /// Store flushes that released answers, and the answers (and notifications) they
+    /// released: their ratio is the group-commit size.
+    pub commits: u64,
+    pub committed_outputs: u64,
     /// Refusals by reason (`mailbox_full`, `rate_limited`, ...), and malformed requests.
     pub rejections: BTreeMap<&'static str, u64>,
 }
@@ -108,6 +112,9 @@ pub enum RelayError {
     Wire(#[from] instaconnect_wire::WireError),
     #[error(transparent)]
     Crypto(#[from] instaconnect_crypto::CryptoError),
+    /// The shell's flush did not run to its end (its thread panicked or was cancelled).
+    #[error("the store flush did not finish: {0}")]
+    FlushAborted(String),
 }
 
 /// A token bucket: `burst` requests at once, refilled at `rate` per second.
@@ -159,6 +166,8 @@ pub struct Relay {
     subscribers: BTreeMap<MailboxId, BTreeSet<String>>,
     subscriptions: usize,
     staged: Vec<RelayOutput>,
+    /// Outputs whose flush has started ([`Relay::prepare_commit`]) and not yet ended.
+    flushing: Vec<RelayOutput>,
     ready: VecDeque<RelayOutput>,
     metrics: RelayMetrics,
     errors: VecDeque<String>,
@@ -191,6 +200,7 @@ impl Relay {
             subscribers: BTreeMap::new(),
             subscriptions: 0,
             staged: Vec::new(),
+            flushing: Vec::new(),
             ready: VecDeque::new(),
             metrics: RelayMetrics::default(),
             errors: VecDeque::new(),
@@ -215,14 +225,50 @@ impl Relay {
         &self.store
     }
 
-    /// Flushes the store, then releases the outputs staged since the last commit.
+    /// Flushes the store, then releases the outputs staged since the last commit (and any
+    /// whose flush was started with [`Relay::prepare_commit`] and not ended).
     pub fn commit(&mut self) -> Result<(), RelayError> {
-        if self.staged.is_empty() {
+        if self.staged.is_empty() && self.flushing.is_empty() {
             return Ok(());
         }
-        self.store.flush()?;
-        self.ready.extend(self.staged.drain(..));
-        Ok(())
+        self.flushing.append(&mut self.staged);
+        let flushed = self.store.flush();
+        self.committed(flushed.map_err(RelayError::from))
+    }
+
+    /// Group commit, in two halves so the shell can flush on another thread while requests
+    /// go on: sets aside the outputs staged so far and returns true if there are any (and no
+    /// flush is already under way). The shell must then call [`RelayStore::flush`] on
+    /// [`Relay::store`] — a flush that starts after this call covers every write these
+    /// outputs answer for — and pass its result to [`Relay::committed`]. Requests handled
+    /// meanwhile wait for the next flush.
+    pub fn prepare_commit(&mut self) -> bool {
+        if !self.flushing.is_empty() || self.staged.is_empty() {
+            return false;
+        }
+        std::mem::swap(&mut self.flushing, &mut self.staged);
+        true
+    }
+
+    /// Ends the flush begun by [`Relay::prepare_commit`]: on success its outputs are released
+    /// (see [`Relay::poll_output`]); on failure they go back, ahead of the rest, to wait for the
+    /// next commit, so nothing is answered before it is durable.
+    pub fn committed(&mut self, flushed: Result<(), RelayError>) -> Result<(), RelayError> {
+        match flushed {
+            Ok(()) => {
+                if !self.flushing.is_empty() {
+                    self.metrics.commits += 1;
+                    self.metrics.committed_outputs += self.flushing.len() as u64;
+                }
+                self.ready.extend(self.flushing.drain(..));
+                Ok(())
+            }
+            Err(e) => {
+                self.flushing.append(&mut self.staged);
+                std::mem::swap(&mut self.flushing, &mut self.staged);
+                Err(e)
+            }
+        }
     }
 
     pub fn poll_output(&mut self) -> Option<RelayOutput> {
