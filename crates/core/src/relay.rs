@@ -680,3 +680,125 @@ impl Relay {
         self.receipt(now_ms, Receipted::MailboxPurged { mailbox })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use instaconnect_store::MemRelayStore;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// A store whose flush fails while `fail` is set.
+    #[derive(Default)]
+    struct Flaky {
+        inner: MemRelayStore,
+        fail: AtomicBool,
+    }
+
+    impl RelayStore for Flaky {
+        fn mailbox(&self, id: &MailboxId) -> instaconnect_store::Result<Option<MailboxRecord>> {
+            self.inner.mailbox(id)
+        }
+        fn envelopes(
+            &self,
+            id: &MailboxId,
+            after: u64,
+            limit: usize,
+        ) -> instaconnect_store::Result<Vec<(u64, RelayEnvelope)>> {
+            self.inner.envelopes(id, after, limit)
+        }
+        fn envelope(
+            &self,
+            id: &MailboxId,
+            seq: u64,
+        ) -> instaconnect_store::Result<Option<RelayEnvelope>> {
+            self.inner.envelope(id, seq)
+        }
+        fn by_deletion_hash(
+            &self,
+            hash: &[u8; 32],
+        ) -> instaconnect_store::Result<Vec<(MailboxId, u64)>> {
+            self.inner.by_deletion_hash(hash)
+        }
+        fn deposited_before(
+            &self,
+            before_ms: u64,
+            limit: usize,
+        ) -> instaconnect_store::Result<Vec<(MailboxId, u64)>> {
+            self.inner.deposited_before(before_ms, limit)
+        }
+        fn totals(&self) -> instaconnect_store::Result<instaconnect_wire::records::RelayTotals> {
+            self.inner.totals()
+        }
+        fn apply_deferred(&self, ops: Vec<RelayOp>) -> instaconnect_store::Result<()> {
+            self.inner.apply_deferred(ops)
+        }
+        fn flush(&self) -> instaconnect_store::Result<()> {
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(StoreError::Locked {
+                    path: "flush failed (test)".into(),
+                });
+            }
+            self.inner.flush()
+        }
+    }
+
+    fn channels(r: &mut Relay) -> Vec<u64> {
+        std::iter::from_fn(|| r.poll_output())
+            .map(|o| match o {
+                RelayOutput::Respond { channel, .. } => channel,
+                RelayOutput::Notify { .. } => u64::MAX,
+            })
+            .collect()
+    }
+
+    fn create(r: &mut Relay, channel: u64) {
+        let key = instaconnect_crypto::MailboxKey::generate();
+        let auth = key
+            .authorize(OwnerOp::Create, 1_000, [channel as u8; 16])
+            .unwrap();
+        let frame = MailboxRequest::Create {
+            mailbox: key.id(),
+            auth,
+        }
+        .encode()
+        .unwrap();
+        r.handle_request(1_000, "client", channel, &frame);
+    }
+
+    #[test]
+    fn group_commit_releases_only_what_the_flush_covers_and_keeps_order_on_failure() {
+        let store = Arc::new(Flaky::default());
+        let mut r = Relay::new(store.clone(), Identity::generate(), RelayConfig::default());
+        assert!(!r.prepare_commit(), "nothing staged, nothing to flush");
+        create(&mut r, 1);
+        create(&mut r, 2);
+        assert!(r.prepare_commit());
+        // Handled while the flush runs: waits for the next one.
+        create(&mut r, 3);
+        assert!(!r.prepare_commit(), "one flush at a time");
+        assert_eq!(
+            channels(&mut r),
+            Vec::<u64>::new(),
+            "nothing before the flush ends"
+        );
+
+        // The flush fails: nothing is released, and the set-aside answers go first.
+        store.fail.store(true, Ordering::SeqCst);
+        let flushed = store.flush().map_err(RelayError::from);
+        assert!(r.committed(flushed).is_err());
+        assert_eq!(channels(&mut r), Vec::<u64>::new());
+        assert!(r.commit().is_err(), "still failing");
+        assert_eq!(channels(&mut r), Vec::<u64>::new());
+
+        store.fail.store(false, Ordering::SeqCst);
+        assert!(r.prepare_commit());
+        create(&mut r, 4);
+        let flushed = store.flush().map_err(RelayError::from);
+        r.committed(flushed).unwrap();
+        assert_eq!(channels(&mut r), vec![1, 2, 3]);
+        assert_eq!((r.metrics().commits, r.metrics().committed_outputs), (1, 3));
+        r.commit().unwrap();
+        assert_eq!(channels(&mut r), vec![4]);
+        assert_eq!((r.metrics().commits, r.metrics().committed_outputs), (2, 4));
+    }
+}
