@@ -160,6 +160,8 @@ impl Driver {
                 let store = self.relay.store().clone();
                 flushing = Some(tokio::task::spawn_blocking(move || store.flush()));
             }
+            // Refusals by the per-IP limit and expiries change the counters without a commit.
+            self.publish();
         }
         if let Some(f) = flushing.take() {
             self.flushed(f.await).await;
