@@ -87,6 +87,10 @@ pub struct RelayMetrics {
     pub deletes: u64,
     pub purges: u64,
     pub expired: u64,
+    /// Store flushes that released answers, and the answers (and notifications) they
+    /// released: their ratio is the group-commit size.
+    pub commits: u64,
+    pub committed_outputs: u64,
     /// Refusals by reason (`mailbox_full`, `rate_limited`, ...), and malformed requests.
     pub rejections: BTreeMap<&'static str, u64>,
 }
@@ -108,6 +112,9 @@ pub enum RelayError {
     Wire(#[from] instaconnect_wire::WireError),
     #[error(transparent)]
     Crypto(#[from] instaconnect_crypto::CryptoError),
+    /// The shell's flush did not run to its end (its thread panicked or was cancelled).
+    #[error("the store flush did not finish: {0}")]
+    FlushAborted(String),
 }
 
 /// A token bucket: `burst` requests at once, refilled at `rate` per second.
@@ -159,6 +166,8 @@ pub struct Relay {
     subscribers: BTreeMap<MailboxId, BTreeSet<String>>,
     subscriptions: usize,
     staged: Vec<RelayOutput>,
+    /// Outputs whose flush has started ([`Relay::prepare_commit`]) and not yet ended.
+    flushing: Vec<RelayOutput>,
     ready: VecDeque<RelayOutput>,
     metrics: RelayMetrics,
     errors: VecDeque<String>,
@@ -191,6 +200,7 @@ impl Relay {
             subscribers: BTreeMap::new(),
             subscriptions: 0,
             staged: Vec::new(),
+            flushing: Vec::new(),
             ready: VecDeque::new(),
             metrics: RelayMetrics::default(),
             errors: VecDeque::new(),
@@ -215,14 +225,50 @@ impl Relay {
         &self.store
     }
 
-    /// Flushes the store, then releases the outputs staged since the last commit.
+    /// Flushes the store, then releases the outputs staged since the last commit (and any
+    /// whose flush was started with [`Relay::prepare_commit`] and not ended).
     pub fn commit(&mut self) -> Result<(), RelayError> {
-        if self.staged.is_empty() {
+        if self.staged.is_empty() && self.flushing.is_empty() {
             return Ok(());
         }
-        self.store.flush()?;
-        self.ready.extend(self.staged.drain(..));
-        Ok(())
+        self.flushing.append(&mut self.staged);
+        let flushed = self.store.flush();
+        self.committed(flushed.map_err(RelayError::from))
+    }
+
+    /// Group commit, in two halves so the shell can flush on another thread while requests
+    /// go on: sets aside the outputs staged so far and returns true if there are any (and no
+    /// flush is already under way). The shell must then call [`RelayStore::flush`] on
+    /// [`Relay::store`] — a flush that starts after this call covers every write these
+    /// outputs answer for — and pass its result to [`Relay::committed`]. Requests handled
+    /// meanwhile wait for the next flush.
+    pub fn prepare_commit(&mut self) -> bool {
+        if !self.flushing.is_empty() || self.staged.is_empty() {
+            return false;
+        }
+        std::mem::swap(&mut self.flushing, &mut self.staged);
+        true
+    }
+
+    /// Ends the flush begun by [`Relay::prepare_commit`]: on success its outputs are released
+    /// (see [`Relay::poll_output`]); on failure they go back, ahead of the rest, to wait for the
+    /// next commit, so nothing is answered before it is durable.
+    pub fn committed(&mut self, flushed: Result<(), RelayError>) -> Result<(), RelayError> {
+        match flushed {
+            Ok(()) => {
+                if !self.flushing.is_empty() {
+                    self.metrics.commits += 1;
+                    self.metrics.committed_outputs += self.flushing.len() as u64;
+                }
+                self.ready.extend(self.flushing.drain(..));
+                Ok(())
+            }
+            Err(e) => {
+                self.flushing.append(&mut self.staged);
+                std::mem::swap(&mut self.flushing, &mut self.staged);
+                Err(e)
+            }
+        }
     }
 
     pub fn poll_output(&mut self) -> Option<RelayOutput> {
@@ -632,5 +678,127 @@ impl Relay {
         }
         self.metrics.purges += 1;
         self.receipt(now_ms, Receipted::MailboxPurged { mailbox })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use instaconnect_store::MemRelayStore;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// A store whose flush fails while `fail` is set.
+    #[derive(Default)]
+    struct Flaky {
+        inner: MemRelayStore,
+        fail: AtomicBool,
+    }
+
+    impl RelayStore for Flaky {
+        fn mailbox(&self, id: &MailboxId) -> instaconnect_store::Result<Option<MailboxRecord>> {
+            self.inner.mailbox(id)
+        }
+        fn envelopes(
+            &self,
+            id: &MailboxId,
+            after: u64,
+            limit: usize,
+        ) -> instaconnect_store::Result<Vec<(u64, RelayEnvelope)>> {
+            self.inner.envelopes(id, after, limit)
+        }
+        fn envelope(
+            &self,
+            id: &MailboxId,
+            seq: u64,
+        ) -> instaconnect_store::Result<Option<RelayEnvelope>> {
+            self.inner.envelope(id, seq)
+        }
+        fn by_deletion_hash(
+            &self,
+            hash: &[u8; 32],
+        ) -> instaconnect_store::Result<Vec<(MailboxId, u64)>> {
+            self.inner.by_deletion_hash(hash)
+        }
+        fn deposited_before(
+            &self,
+            before_ms: u64,
+            limit: usize,
+        ) -> instaconnect_store::Result<Vec<(MailboxId, u64)>> {
+            self.inner.deposited_before(before_ms, limit)
+        }
+        fn totals(&self) -> instaconnect_store::Result<instaconnect_wire::records::RelayTotals> {
+            self.inner.totals()
+        }
+        fn apply_deferred(&self, ops: Vec<RelayOp>) -> instaconnect_store::Result<()> {
+            self.inner.apply_deferred(ops)
+        }
+        fn flush(&self) -> instaconnect_store::Result<()> {
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(StoreError::Locked {
+                    path: "flush failed (test)".into(),
+                });
+            }
+            self.inner.flush()
+        }
+    }
+
+    fn channels(r: &mut Relay) -> Vec<u64> {
+        std::iter::from_fn(|| r.poll_output())
+            .map(|o| match o {
+                RelayOutput::Respond { channel, .. } => channel,
+                RelayOutput::Notify { .. } => u64::MAX,
+            })
+            .collect()
+    }
+
+    fn create(r: &mut Relay, channel: u64) {
+        let key = instaconnect_crypto::MailboxKey::generate();
+        let auth = key
+            .authorize(OwnerOp::Create, 1_000, [channel as u8; 16])
+            .unwrap();
+        let frame = MailboxRequest::Create {
+            mailbox: key.id(),
+            auth,
+        }
+        .encode()
+        .unwrap();
+        r.handle_request(1_000, "client", channel, &frame);
+    }
+
+    #[test]
+    fn group_commit_releases_only_what_the_flush_covers_and_keeps_order_on_failure() {
+        let store = Arc::new(Flaky::default());
+        let mut r = Relay::new(store.clone(), Identity::generate(), RelayConfig::default());
+        assert!(!r.prepare_commit(), "nothing staged, nothing to flush");
+        create(&mut r, 1);
+        create(&mut r, 2);
+        assert!(r.prepare_commit());
+        // Handled while the flush runs: waits for the next one.
+        create(&mut r, 3);
+        assert!(!r.prepare_commit(), "one flush at a time");
+        assert_eq!(
+            channels(&mut r),
+            Vec::<u64>::new(),
+            "nothing before the flush ends"
+        );
+
+        // The flush fails: nothing is released, and the set-aside answers go first.
+        store.fail.store(true, Ordering::SeqCst);
+        let flushed = store.flush().map_err(RelayError::from);
+        assert!(r.committed(flushed).is_err());
+        assert_eq!(channels(&mut r), Vec::<u64>::new());
+        assert!(r.commit().is_err(), "still failing");
+        assert_eq!(channels(&mut r), Vec::<u64>::new());
+
+        store.fail.store(false, Ordering::SeqCst);
+        assert!(r.prepare_commit());
+        create(&mut r, 4);
+        let flushed = store.flush().map_err(RelayError::from);
+        r.committed(flushed).unwrap();
+        assert_eq!(channels(&mut r), vec![1, 2, 3]);
+        assert_eq!((r.metrics().commits, r.metrics().committed_outputs), (1, 3));
+        r.commit().unwrap();
+        assert_eq!(channels(&mut r), vec![4]);
+        assert_eq!((r.metrics().commits, r.metrics().committed_outputs), (2, 4));
     }
 }

@@ -170,6 +170,8 @@ fn sealed_pool() -> Vec<Vec<u8>> {
 struct RelayProc {
     child: Child,
     addr: String,
+    /// host:port of its `/metrics`.
+    metrics: String,
     data: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -214,17 +216,24 @@ impl RelayProc {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut addr = None;
+            let mut metrics = None;
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 if let Some(a) = line.strip_prefix("listening on ") {
                     addr.get_or_insert_with(|| a.to_string());
                 }
+                if let Some(m) = line
+                    .strip_prefix("metrics: http://")
+                    .and_then(|m| m.strip_suffix("/metrics"))
+                {
+                    metrics = Some(m.to_string());
+                }
                 if line == "relay ready" {
-                    let _ = tx.send(addr.take());
+                    let _ = tx.send(addr.take().zip(metrics.take()));
                 }
             }
         });
-        let addr = rx
+        let (addr, metrics) = rx
             .recv_timeout(TIMEOUT)
             .ok()
             .flatten()
@@ -232,6 +241,7 @@ impl RelayProc {
         RelayProc {
             child,
             addr,
+            metrics,
             data,
             _dir: dir,
         }
@@ -250,6 +260,30 @@ impl RelayProc {
                 * 1024
         };
         (field("VmRSS:"), field("VmHWM:"))
+    }
+
+    /// (commits, answers released by them) from `/metrics`: group-commit sizes.
+    fn commits(&self) -> (u64, u64) {
+        use std::io::{Read, Write};
+        let mut body = String::new();
+        let mut s = must(
+            "connect to /metrics",
+            std::net::TcpStream::connect(&self.metrics),
+        );
+        must(
+            "ask /metrics",
+            write!(s, "GET /metrics HTTP/1.0\r\nHost: {}\r\n\r\n", self.metrics),
+        );
+        must("read /metrics", s.read_to_string(&mut body));
+        let get = |name: &str| {
+            body.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+                .unwrap_or(0)
+        };
+        (
+            get("instaconnect_relay_commits_total"),
+            get("instaconnect_relay_committed_outputs_total"),
+        )
     }
 
     /// Bytes the database takes on disk (allocated blocks).
@@ -420,6 +454,9 @@ async fn drain(c: &mut MailboxClient, key: &MailboxKey, first: u64, n: usize) ->
 }
 
 struct RelayResults {
+    /// (commits, answers they released) during the deposit and the drain phases.
+    deposit_commits: (u64, u64),
+    drain_commits: (u64, u64),
     deposit_s: f64,
     drain_s: f64,
     drained: usize,
@@ -435,9 +472,12 @@ async fn relay_phases(args: &Args, pool: &[Vec<u8>]) -> RelayResults {
     let key = MailboxKey::generate();
     let mut c = must("connect", MailboxClient::connect(&relay.addr).await);
     must("create", c.create(&key).await);
+    let before = relay.commits();
     let t = Instant::now();
     let seqs = deposit_n(&mut c, key.id(), pool, args.deposits, args.window).await;
     let deposit_s = t.elapsed().as_secs_f64();
+    let after = relay.commits();
+    let deposit_commits = (after.0 - before.0, after.1 - before.1);
     c.close().await;
 
     // The owner comes back on a new connection and drains.
@@ -446,6 +486,10 @@ async fn relay_phases(args: &Args, pool: &[Vec<u8>]) -> RelayResults {
     let t = Instant::now();
     let drained = drain(&mut owner, &key, first, args.deposits).await;
     let drain_s = t.elapsed().as_secs_f64();
+    let drain_commits = {
+        let now = relay.commits();
+        (now.0 - after.0, now.1 - after.1)
+    };
 
     // Hold M.
     let held = MailboxKey::generate();
@@ -470,6 +514,8 @@ async fn relay_phases(args: &Args, pool: &[Vec<u8>]) -> RelayResults {
     let disk = relay.disk();
     owner.close().await;
     RelayResults {
+        deposit_commits,
+        drain_commits,
         deposit_s,
         drain_s,
         drained,
@@ -676,5 +722,13 @@ fn main() {
         args.hold as f64 / r.hold_s.max(1e-9),
         args.cycles,
         r.churn_s
+    );
+    let per = |(commits, outputs): (u64, u64)| outputs as f64 / commits.max(1) as f64;
+    println!(
+        "(relay group commits: deposits {} commits, {:.1} answers each; drain {} commits, {:.1} answers each)",
+        r.deposit_commits.0,
+        per(r.deposit_commits),
+        r.drain_commits.0,
+        per(r.drain_commits)
     );
 }

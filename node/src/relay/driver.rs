@@ -13,10 +13,14 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use instaconnect_core::relay::{Bucket, Relay, RelayMetrics, RelayOutput, EXPIRY_BATCH};
+use instaconnect_core::relay::{
+    Bucket, Relay, RelayError, RelayMetrics, RelayOutput, EXPIRY_BATCH,
+};
 use instaconnect_net::{InboundId, NetEvent, NetHandle};
+use instaconnect_store::StoreError;
 use instaconnect_wire::mailbox::{MailboxResponse, Refusal};
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 
 use super::config::PerIpLimits;
 
@@ -113,12 +117,17 @@ impl Driver {
 
     /// Runs until `shutdown` becomes true or the network stops; then commits and answers
     /// what is staged, so nothing acknowledged is lost and nothing durable goes unanswered.
+    ///
+    /// Group commit: one store flush at a time runs on a blocking thread while requests go
+    /// on being handled (their writes staged in memory); when it ends, the answers it covers
+    /// go out and the next flush starts at once with everything handled meanwhile.
     pub async fn run(
         mut self,
         mut net_events: mpsc::Receiver<NetEvent>,
         mut shutdown: watch::Receiver<bool>,
     ) {
         self.publish();
+        let mut flushing: Option<JoinHandle<Result<(), StoreError>>> = None;
         loop {
             let now = now_ms();
             let sleep = Duration::from_millis(self.relay.poll_timeout(now).saturating_sub(now))
@@ -129,6 +138,10 @@ impl Driver {
                     if *shutdown.borrow() {
                         break;
                     }
+                }
+                flushed = async { flushing.as_mut().expect("guarded").await }, if flushing.is_some() => {
+                    flushing = None;
+                    self.flushed(flushed).await;
                 }
                 ev = net_events.recv() => {
                     let Some(ev) = ev else { break };
@@ -142,10 +155,32 @@ impl Driver {
                 }
                 _ = tokio::time::sleep(sleep) => self.expire(),
             }
-            self.flush().await;
+            self.answer_immediate().await;
+            if flushing.is_none() && self.relay.prepare_commit() {
+                let store = self.relay.store().clone();
+                flushing = Some(tokio::task::spawn_blocking(move || store.flush()));
+            }
+            // Refusals by the per-IP limit and expiries change the counters without a commit.
+            self.publish();
+        }
+        if let Some(f) = flushing.take() {
+            self.flushed(f.await).await;
         }
         self.flush().await;
         tracing::debug!("relay loop stopped");
+    }
+
+    /// A background flush ended: release (or hold back) what it covers, send it out.
+    async fn flushed(&mut self, r: Result<Result<(), StoreError>, tokio::task::JoinError>) {
+        let r = match r {
+            Ok(r) => r.map_err(RelayError::from),
+            Err(e) => Err(RelayError::FlushAborted(e.to_string())),
+        };
+        if let Err(e) = self.relay.committed(r) {
+            // Outputs stay staged until a commit succeeds: nothing is acked before it is durable.
+            tracing::error!(error = %e, "relay store flush failed; answers held back");
+        }
+        self.send_ready().await;
     }
 
     fn expire(&mut self) {
@@ -211,15 +246,26 @@ impl Driver {
         }
     }
 
-    /// One commit for everything handled since the last, then every released output.
-    async fn flush(&mut self) {
+    /// Answers refused by the per-IP limit: they changed nothing, so they need no flush.
+    async fn answer_immediate(&mut self) {
         for (channel, frame) in std::mem::take(&mut self.immediate) {
             let _ = self.net.respond(channel, frame).await;
         }
+    }
+
+    /// One commit (on this thread) for everything handled since the last, then every
+    /// released output. Used at shutdown, after the last background flush.
+    async fn flush(&mut self) {
+        self.answer_immediate().await;
         if let Err(e) = self.relay.commit() {
             // Outputs stay staged until a commit succeeds: nothing is acked before it is durable.
             tracing::error!(error = %e, "relay store flush failed; answers held back");
         }
+        self.send_ready().await;
+    }
+
+    /// Sends every released output, logs store errors and updates `/metrics`.
+    async fn send_ready(&mut self) {
         for e in self.relay.take_errors() {
             tracing::error!(error = %e, "relay store error (the client was told to retry)");
         }

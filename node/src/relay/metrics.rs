@@ -95,6 +95,18 @@ fn render(s: &MetricsState) -> String {
         m.fetches,
     );
     one(
+        "instaconnect_relay_commits_total",
+        "counter",
+        "Store flushes that released answers (group commits).",
+        m.commits,
+    );
+    one(
+        "instaconnect_relay_committed_outputs_total",
+        "counter",
+        "Answers and notifications released by those flushes.",
+        m.committed_outputs,
+    );
+    one(
         "instaconnect_relay_deletes_total",
         "counter",
         "Delete requests by mailbox owners.",
