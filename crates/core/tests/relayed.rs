@@ -305,3 +305,23 @@ fn deposits_in_flight_set_no_busy_timer_and_the_rest_follow_their_answers() {
     m.relay_link(1, 1, true);
     assert_eq!(texts_from(&m, 1, 0), sent);
 }
+
+#[test]
+fn an_offline_sender_tries_no_relay_and_deposits_as_soon_as_a_link_is_back() {
+    let mut m = apart_with_two_relays();
+    m.relay_link(1, 0, false);
+    m.relay_link(1, 1, false);
+    // Asha loses her relay links too: she is offline.
+    m.relay_link(0, 0, false);
+    m.relay_link(0, 1, false);
+    send(&mut m, 0, 1, "written offline");
+    assert!(m.relay_wire.is_empty());
+    assert_eq!(m.history(0, 1)[0].state, DeliveryState::Queued);
+    assert_eq!(m.nodes[0].engine.poll_timeout(), None, "no retry timer");
+    // One link back: the text goes at once, with no timer.
+    m.relay_link(0, 0, true);
+    assert_eq!(
+        m.history(0, 1)[0].state,
+        DeliveryState::Relayed { relays: 2 }
+    );
+}

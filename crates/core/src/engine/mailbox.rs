@@ -119,9 +119,14 @@ impl RelayState {
         Ok(st)
     }
 
-    /// Whether `peer` told us of mailboxes.
+    /// Whether `peer` told us of mailboxes (and we are not offline).
     pub(super) fn can_deposit(&self, peer: &str) -> bool {
-        self.boxes.get(peer).is_some_and(|b| !b.is_empty())
+        !self.offline() && self.boxes.get(peer).is_some_and(|b| !b.is_empty())
+    }
+
+    /// We know relays and reach none of them: deposits would fail.
+    fn offline(&self) -> bool {
+        !self.relays.is_empty() && !self.relays.values().any(|l| l.up)
     }
 
     /// When the next deposit of `queue`, for `peer`, is due: none while as many as may be are
@@ -285,6 +290,18 @@ impl Engine {
         for phone in phones {
             self.mailboxes_for(&phone, false, now_ms)?;
         }
+        // Back online: what waits for contacts we are not connected to goes now.
+        let waiting: Vec<String> = self
+            .outbox
+            .queues
+            .keys()
+            .filter(|p| self.relay.boxes.contains_key(*p))
+            .cloned()
+            .collect();
+        for peer in waiting {
+            self.due_now(&peer, now_ms);
+            self.pump_outbox(Some(&peer), now_ms)?;
+        }
         Ok(())
     }
 
@@ -301,14 +318,20 @@ impl Engine {
             .filter(|b| b.rec.phone == phone)
             .map(|b| b.rec.relay.clone())
             .collect();
-        let free: Vec<(String, Vec<String>)> = self
+        let mut free: Vec<(String, Vec<String>)> = self
             .relay
             .relays
             .iter()
             .filter(|(r, l)| l.up && !used.contains(*r))
-            .take(MAILBOXES_PER_CONTACT.saturating_sub(used.len()))
             .map(|(r, l)| (r.clone(), l.addrs.clone()))
             .collect();
+        // Which relays: a random choice (the injected RNG), so mailboxes spread over them.
+        let want = MAILBOXES_PER_CONTACT.saturating_sub(used.len());
+        for i in 0..want.min(free.len()) {
+            let j = i + (self.rng.next_u64() % (free.len() - i) as u64) as usize;
+            free.swap(i, j);
+        }
+        free.truncate(want);
         for (relay, addrs) in free {
             let mut seed = [0u8; 32];
             self.rng.fill_bytes(&mut seed);
@@ -706,6 +729,10 @@ impl Engine {
 
     /// Leaves what is due for `peer` (not connected) in the mailboxes it announced.
     pub(super) fn deposit_due(&mut self, peer: &str, now_ms: u64) -> Result<()> {
+        if self.relay.offline() {
+            // Every relay we know is out of reach: we are offline; a link coming up pumps.
+            return Ok(());
+        }
         let Some(boxes) = self
             .relay
             .boxes
