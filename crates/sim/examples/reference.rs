@@ -10,6 +10,10 @@ use instaconnect_sim::{run, sweep, Scenario};
 
 const ALL: [&str; 4] = ["lan-party", "campus", "city", "routing-comparison"];
 
+/// The routing comparison's `--set`: every strategy (see simulations/routing-comparison.toml).
+const ROUTING_COMPARISON: &str = "routing={ strategy = \"direct\" },{ strategy = \"relays\" },\
+{ strategy = \"flooding\" },{ strategy = \"spray_and_wait\", copies = 8 }";
+
 fn main() {
     // Paths in outputs (sweep.json names the scenario) are relative to the repository.
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
@@ -33,8 +37,9 @@ fn main() {
             "lan-party" | "campus" | "city" => Scenario::from_toml_file(Path::new(&scenario))
                 .and_then(|sc| run(&sc, sc.seed, &tmp.join(name), &mut |_| {}))
                 .and_then(|_| copy(&tmp.join(name), &out, &["summary.json"])),
-            // Add strategies to the list as they land (see the scenario's header).
-            "routing-comparison" => sweep::parse_set("routing.strategy=direct")
+            // The four strategies of issue 7; the whole `routing` table is set so that
+            // spray-and-wait gets its copies (a key the other strategies refuse).
+            "routing-comparison" => sweep::parse_set(ROUTING_COMPARISON)
                 .and_then(|set| {
                     sweep::sweep(
                         Path::new(&scenario),

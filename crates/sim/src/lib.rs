@@ -15,9 +15,11 @@
 //! # Ok::<(), instaconnect_sim::SimError>(())
 //! ```
 //!
-//! What is simulated today: direct routing only (the product's behaviour: engines talk over
-//! current links); relays are inert placeholders; group messages are not simulated; crypto is
-//! always real (skipping it would need a seam in `core`).
+//! Routing strategies: `direct` (engines talk over current links), `relays` (the product's
+//! store-and-forward relays, each a real sans-IO `Relay`, reachable by every device that is up),
+//! and `flooding` / `spray_and_wait` (the engines' mailbox requests answered by carry buffers on
+//! the devices, copied from device to device on contact). Group messages are not simulated;
+//! crypto is always real (skipping it would need a seam in `core`).
 
 mod error;
 pub mod mobility;

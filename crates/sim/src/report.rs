@@ -8,7 +8,7 @@ use plotters::prelude::*;
 use serde::Serialize;
 
 use crate::error::SimError;
-use crate::scenario::Scenario;
+use crate::scenario::{Scenario, Strategy};
 use crate::world::{Msg, Outcome};
 
 /// Most points drawn per plotted series (larger runs are sampled evenly).
@@ -46,6 +46,15 @@ pub struct Summary {
     pub mean_hop_count: Option<f64>,
     pub duplicates: u64,
     pub peak_relay_storage_bytes: u64,
+    /// Most bytes one device's carry buffer held (flooding and spray-and-wait only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_carry_buffer_bytes: Option<u64>,
+    /// Envelopes dropped from full carry buffers (flooding and spray-and-wait only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub carry_dropped: Option<u64>,
+    /// Envelopes carriers dropped after the workload's TTL (flooding and spray-and-wait only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub carry_expired: Option<u64>,
     pub delivered_after_ttl: u64,
     pub dropped_buffer_full: u64,
     pub send_errors: u64,
@@ -90,6 +99,12 @@ impl Summary {
             ("mean_hop_count", self.mean_hop_count),
             ("duplicates", u(self.duplicates)),
             ("peak_relay_storage_bytes", u(self.peak_relay_storage_bytes)),
+            (
+                "peak_carry_buffer_bytes",
+                self.peak_carry_buffer_bytes.and_then(u),
+            ),
+            ("carry_dropped", self.carry_dropped.and_then(u)),
+            ("carry_expired", self.carry_expired.and_then(u)),
             ("delivered_after_ttl", u(self.delivered_after_ttl)),
             ("dropped_buffer_full", u(self.dropped_buffer_full)),
             ("send_errors", u(self.send_errors)),
@@ -174,12 +189,21 @@ pub fn build(sc: &Scenario, seed: u64, out: Outcome) -> Report {
         max: lat.last().copied().unwrap_or(0),
     });
     let mut notes = Vec::new();
-    if sc.nodes.relays > 0 {
+    let strategy = sc.routing.strategy;
+    if sc.nodes.relays > 0 && strategy != Strategy::Relays {
         notes.push(format!(
-            "{} relays are placeholders and took no part in the run",
-            sc.nodes.relays
+            "{} relays declared; routing.strategy is {:?}, so they took no part in the run",
+            sc.nodes.relays,
+            strategy.name()
         ));
     }
+    let carries = strategy.carries();
+    let hops: Vec<u32> = out
+        .msgs
+        .iter()
+        .filter(|m| in_ttl(m, ttl).is_some())
+        .filter_map(|m| m.hops)
+        .collect();
     if sc.workload.group_share > 0.0 {
         notes.push(format!(
             "workload.group_share {} ignored: groups are not simulated yet, every message is 1:1",
@@ -200,9 +224,13 @@ pub fn build(sc: &Scenario, seed: u64, out: Outcome) -> Report {
         delivery_probability: (created > 0).then(|| delivered as f64 / created as f64),
         latency_ms,
         overhead_ratio: (delivered > 0).then(|| c.frames_sent as f64 / delivered as f64),
-        mean_hop_count: (delivered > 0).then_some(1.0),
+        mean_hop_count: (!hops.is_empty())
+            .then(|| hops.iter().map(|&h| h as f64).sum::<f64>() / hops.len() as f64),
         duplicates: c.duplicates,
-        peak_relay_storage_bytes: 0,
+        peak_relay_storage_bytes: c.peak_relay_storage,
+        peak_carry_buffer_bytes: carries.then_some(c.peak_carry_buffer),
+        carry_dropped: carries.then_some(c.carry_dropped),
+        carry_expired: carries.then_some(c.carry_expired),
         delivered_after_ttl: late,
         dropped_buffer_full: c.dropped_buffer_full,
         send_errors: c.send_errors,
@@ -234,7 +262,7 @@ pub fn build(sc: &Scenario, seed: u64, out: Outcome) -> Report {
             created_ms: m.created_ms,
             delivered_ms: m.delivered_ms,
             latency_ms: m.delivered_ms.map(|d| d - m.created_ms),
-            hops: m.delivered_ms.map(|_| 1),
+            hops: m.delivered_ms.and(m.hops),
             size: m.size,
         })
         .collect();
@@ -462,6 +490,9 @@ mod tests {
             mean_hop_count: Some(1.0),
             duplicates: 14,
             peak_relay_storage_bytes: 15,
+            peak_carry_buffer_bytes: Some(34),
+            carry_dropped: Some(35),
+            carry_expired: Some(36),
             delivered_after_ttl: 16,
             dropped_buffer_full: 17,
             send_errors: 18,

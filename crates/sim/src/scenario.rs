@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
+use instaconnect_wire::mailbox::MAX_ENVELOPE_BYTES;
 use instaconnect_wire::proto::MAX_TEXT_BYTES;
 use serde::{Deserialize, Serialize};
 
@@ -16,8 +17,10 @@ use crate::units::{Bandwidth, Millis};
 
 /// Most devices a scenario may have.
 pub const MAX_DEVICES: u32 = 100_000;
-/// Most relays a scenario may name (they are placeholders for now).
+/// Most relays a scenario may name.
 pub const MAX_RELAYS: u32 = 10_000;
+/// Most copies spray-and-wait may hand out per envelope.
+pub const MAX_COPIES: u32 = 1_000_000;
 /// Most workload contacts per device (below the engine's `MAX_PEERS`).
 pub const MAX_CONTACTS_PER_DEVICE: u32 = 1_000;
 /// Most messages a run may create; the expected count must stay below half of it.
@@ -66,7 +69,7 @@ fn default_seed() -> u64 {
 pub struct Nodes {
     /// Devices: each runs a real engine on its own in-memory store.
     pub devices: u32,
-    /// Relays: inert placeholders until relays land (they take no part in the run).
+    /// Store-and-forward relays (real sans-IO relays): they take part with strategy `relays`.
     #[serde(default)]
     pub relays: u32,
     /// Whether devices let contacts see them online (the privacy setting `online`): if so, every
@@ -274,6 +277,22 @@ pub struct Routing {
     /// Copies per message for spray-and-wait.
     #[serde(default)]
     pub copies: Option<u32>,
+    /// One-way latency between a device and a relay (strategy `relays`; default `link.latency`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay_latency: Option<Millis>,
+    /// How long relays keep an envelope (strategy `relays`; default 14 days, the product's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay_ttl: Option<Millis>,
+}
+
+impl Routing {
+    /// `relay_ttl` in milliseconds, or the product's default.
+    pub fn relay_ttl_ms(&self) -> u64 {
+        self.relay_ttl.map_or(
+            instaconnect_core::relay::RelayConfig::default().ttl_ms,
+            |t| t.ms(),
+        )
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -282,15 +301,26 @@ pub enum Strategy {
     /// The product today: a device sends only to the recipient, over a current link.
     #[default]
     Direct,
-    /// Through store-and-forward relays (not yet supported).
+    /// Through the product's store-and-forward relays (`nodes.relays` of them), and direct.
     Relays,
-    /// LAN store-carry-forward flooding (not yet supported).
+    /// LAN store-carry-forward flooding: every device carries sealed envelopes for others and
+    /// copies them to every device it meets.
     Flooding,
-    /// Spray-and-wait with `copies` copies (not yet supported).
+    /// Binary spray-and-wait with `copies` copies per envelope.
     SprayAndWait,
 }
 
 impl Strategy {
+    /// Whether the devices deposit sealed envelopes (in relays or in carry buffers).
+    pub fn stores_and_forwards(self) -> bool {
+        self != Strategy::Direct
+    }
+
+    /// Whether the envelopes travel in devices' carry buffers (flooding, spray-and-wait).
+    pub fn carries(self) -> bool {
+        matches!(self, Strategy::Flooding | Strategy::SprayAndWait)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Strategy::Direct => "direct",
@@ -308,6 +338,31 @@ pub struct Buffers {
     /// (those messages count as created and dropped).
     #[serde(default = "default_outbox")]
     pub outbox_messages: u32,
+    /// Most envelopes a device carries for others (flooding, spray-and-wait; default
+    /// [`DEFAULT_CARRY_ENVELOPES`]); the oldest is dropped to make room. (Optional so that
+    /// the hash of a scenario that does not set it stays what it was.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub carry_envelopes: Option<u32>,
+    /// Most bytes of envelopes a device carries for others (default [`DEFAULT_CARRY_BYTES`]);
+    /// the oldest are dropped to make room.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub carry_bytes: Option<u64>,
+}
+
+/// Default of `buffers.carry_envelopes`.
+pub const DEFAULT_CARRY_ENVELOPES: u32 = 1_000;
+/// Default of `buffers.carry_bytes` (16 MiB).
+pub const DEFAULT_CARRY_BYTES: u64 = 16 * 1024 * 1024;
+
+impl Buffers {
+    /// `carry_envelopes` or its default.
+    pub fn carry_envelopes(&self) -> u32 {
+        self.carry_envelopes.unwrap_or(DEFAULT_CARRY_ENVELOPES)
+    }
+    /// `carry_bytes` or its default.
+    pub fn carry_bytes(&self) -> u64 {
+        self.carry_bytes.unwrap_or(DEFAULT_CARRY_BYTES)
+    }
 }
 
 fn default_outbox() -> u32 {
@@ -318,6 +373,8 @@ impl Default for Buffers {
     fn default() -> Self {
         Buffers {
             outbox_messages: default_outbox(),
+            carry_envelopes: None,
+            carry_bytes: None,
         }
     }
 }
@@ -497,13 +554,6 @@ impl Scenario {
                 message,
             })
         };
-        let unsupported = |key: &str, message: String| {
-            Err(SimError::Unsupported {
-                file: file.to_string(),
-                key: key.to_string(),
-                message,
-            })
-        };
         let duration = self.duration.ms();
         if duration == 0 {
             return bad("duration", "must be longer than 0".into());
@@ -678,26 +728,56 @@ impl Scenario {
         if !(0.0..=1.0).contains(&w.group_share) {
             return bad("workload.group_share", "must be in [0, 1]".into());
         }
-        match self.routing.strategy {
-            Strategy::Direct => {}
-            s => {
-                return unsupported(
-                    "routing.strategy",
-                    format!(
-                        "{:?} is not yet supported by the simulator (only \"direct\" is, for now)",
-                        s.name()
-                    ),
+        let r = &self.routing;
+        match (r.strategy, r.copies) {
+            (Strategy::SprayAndWait, None) => {
+                return bad(
+                    "routing.copies",
+                    "strategy \"spray_and_wait\" needs the number of copies".into(),
+                )
+            }
+            (Strategy::SprayAndWait, Some(l)) if l == 0 || l > MAX_COPIES => {
+                return bad(
+                    "routing.copies",
+                    format!("must be 1 to {MAX_COPIES}, got {l}"),
+                )
+            }
+            (Strategy::SprayAndWait, Some(_)) | (_, None) => {}
+            (_, Some(_)) => {
+                return bad(
+                    "routing.copies",
+                    "applies only to strategy \"spray_and_wait\"".into(),
                 )
             }
         }
-        if self.routing.copies.is_some() {
+        if r.strategy == Strategy::Relays && self.nodes.relays == 0 {
             return bad(
-                "routing.copies",
-                "applies only to strategy \"spray_and_wait\"".into(),
+                "nodes.relays",
+                "strategy \"relays\" needs at least one relay".into(),
             );
+        }
+        for (key, set) in [
+            ("routing.relay_latency", r.relay_latency.is_some()),
+            ("routing.relay_ttl", r.relay_ttl.is_some()),
+        ] {
+            if set && r.strategy != Strategy::Relays {
+                return bad(key, "applies only to strategy \"relays\"".into());
+            }
+        }
+        if r.relay_ttl.is_some_and(|t| t.ms() == 0) {
+            return bad("routing.relay_ttl", "must be longer than 0".into());
         }
         if self.buffers.outbox_messages == 0 {
             return bad("buffers.outbox_messages", "must be at least 1".into());
+        }
+        if self.buffers.carry_envelopes() == 0 {
+            return bad("buffers.carry_envelopes", "must be at least 1".into());
+        }
+        if self.buffers.carry_bytes() < MAX_ENVELOPE_BYTES as u64 {
+            return bad(
+                "buffers.carry_bytes",
+                format!("must be at least {MAX_ENVELOPE_BYTES} (the largest envelope)"),
+            );
         }
         let f = &self.faults;
         if f.partitions.len() + f.crashes.len() > MAX_FAULTS {

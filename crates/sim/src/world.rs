@@ -21,6 +21,7 @@ use instaconnect_core::engine::{
 };
 use instaconnect_core::phone::Phone;
 use instaconnect_store::{MemStore, Op, Store};
+use instaconnect_wire::mailbox::MailboxId;
 use instaconnect_wire::records::{AccountRecord, DeliveryState, Direction};
 use instaconnect_wire::SecretBytes;
 use rand::seq::index::sample;
@@ -29,7 +30,10 @@ use rand_chacha::ChaCha20Rng;
 
 use crate::error::SimError;
 use crate::mobility::{grid_positions, pairs_in_range, RandomWaypoint};
-use crate::scenario::{Mobility, Pairing, Scenario, SizeDist, MAX_MESSAGES};
+use crate::scenario::{Mobility, Pairing, Scenario, SizeDist, Strategy, MAX_MESSAGES};
+
+mod relaying;
+use relaying::Mail;
 
 /// The wall-clock time virtual time 0 stands for, as the engines see it (2026-01-01 UTC).
 pub const EPOCH_MS: u64 = 1_767_225_600_000;
@@ -53,6 +57,9 @@ pub struct Msg {
     pub acked_ms: Option<u64>,
     /// Not handed to the engine: the sender's buffer was full or the engine refused it.
     pub dropped: bool,
+    /// Hops of the copy the recipient showed: 1 direct, 2 through a relay, the number of
+    /// device-to-device transfers through carry buffers.
+    pub hops: Option<u32>,
     id: Option<[u8; 16]>,
 }
 
@@ -79,6 +86,13 @@ pub struct Counters {
     pub peak_engine_peers: u32,
     /// Most outputs one engine released in one commit.
     pub peak_outputs_per_commit: u32,
+    /// Most bytes held by relays (or all carry buffers) at once.
+    pub peak_relay_storage: u64,
+    /// Most bytes one device's carry buffer held (flooding, spray-and-wait).
+    pub peak_carry_buffer: u64,
+    /// Envelopes dropped from full carry buffers, and expired ones.
+    pub carry_dropped: u64,
+    pub carry_expired: u64,
 }
 
 /// The buffer bounds every run checks, against the peaks it observed. Each bound is the
@@ -162,6 +176,54 @@ enum Ev {
         a: u32,
         b: u32,
     },
+    /// A mailbox request to the carry buffers' virtual relay, answered on the device.
+    MailLocal {
+        node: u32,
+        incarnation: u32,
+        tag: u64,
+        frame: Vec<u8>,
+    },
+    /// A mailbox request that could not be sent (no connection to that relay).
+    MailFail {
+        node: u32,
+        incarnation: u32,
+        relay: String,
+        tag: u64,
+    },
+    RelayArrive {
+        rid: u64,
+        owner: bool,
+        frame: Vec<u8>,
+    },
+    RelayAnswer {
+        rid: u64,
+        frame: Vec<u8>,
+    },
+    RelayTimeout {
+        rid: u64,
+    },
+    RelayNotify {
+        node: u32,
+        incarnation: u32,
+        r: u32,
+        mailbox: MailboxId,
+    },
+    RelayTimer {
+        r: u32,
+        gen: u64,
+    },
+    /// A device offers what it carries on its connections.
+    Offer {
+        node: u32,
+    },
+    BundleArrive {
+        from: u32,
+        to: u32,
+        link_id: u64,
+        bid: u64,
+        copies: u32,
+        hops: u32,
+    },
 }
 
 struct Scheduled {
@@ -219,6 +281,8 @@ struct Link {
     sent: [u64; 2],
     /// Requests on this link waiting for their response.
     inflight: BTreeSet<u64>,
+    /// Carried envelopes sent on this connection, with the direction.
+    offered: HashSet<(u64, u8)>,
 }
 
 struct Pending {
@@ -257,6 +321,11 @@ pub struct World<'a> {
     c: Counters,
     violations: Vec<String>,
     violation_count: usize,
+    mail: Mail,
+    /// (device, relay) pairs whose engine was last told the relay is up.
+    relay_up: BTreeSet<(u32, u32)>,
+    /// Set while a mailbox answer is handed to an engine (what it shows came through relays).
+    via_mailbox: bool,
 }
 
 fn norm(a: u32, b: u32) -> (u32, u32) {
@@ -345,7 +414,12 @@ fn link_err(seed: u64, node: u32, message: impl std::fmt::Display) -> SimError {
 
 /// Makes `a` and `b` contacts through the real protocol (request, accept, profile) over a
 /// temporary always-up link at virtual time 0, before the measured run.
-fn befriend(seed: u64, a: &mut Side, b: &mut Side) -> Result<(), SimError> {
+fn befriend(
+    seed: u64,
+    a: &mut Side,
+    b: &mut Side,
+    mut mail: Option<(&mut Mail, &Scenario)>,
+) -> Result<(), SimError> {
     let t = EPOCH_MS;
     let phone_b = Phone::parse(&b.phone, None).map_err(|e| link_err(seed, a.index, e))?;
     Book::new(a.store.as_ref())
@@ -372,7 +446,7 @@ fn befriend(seed: u64, a: &mut Side, b: &mut Side) -> Result<(), SimError> {
             },
         )
         .map_err(|e| link_err(seed, a.index, e))?;
-    settle_pair(seed, a, b)?;
+    settle_pair(seed, a, b, mail.as_mut().map(|(m, s)| (&mut **m, *s)))?;
     a.engine.handle_input(
         t,
         Input::Disconnected {
@@ -385,7 +459,7 @@ fn befriend(seed: u64, a: &mut Side, b: &mut Side) -> Result<(), SimError> {
             peer: a.peer.clone(),
         },
     );
-    settle_pair(seed, a, b)?;
+    settle_pair(seed, a, b, mail.as_mut().map(|(m, s)| (&mut **m, *s)))?;
     for (x, y) in [(&*a, &*b), (&*b, &*a)] {
         let linked = x
             .store
@@ -410,7 +484,12 @@ fn befriend(seed: u64, a: &mut Side, b: &mut Side) -> Result<(), SimError> {
 
 /// Carries frames between `a` and `b` instantly until both are quiet; `b` accepts `a`'s
 /// contact request.
-fn settle_pair(seed: u64, a: &mut Side, b: &mut Side) -> Result<(), SimError> {
+fn settle_pair(
+    seed: u64,
+    a: &mut Side,
+    b: &mut Side,
+    mut mail: Option<(&mut Mail, &Scenario)>,
+) -> Result<(), SimError> {
     let t = EPOCH_MS;
     let (a_index, a_peer) = (a.index, a.peer.clone());
     let mut channels: HashMap<u64, (u32, u64)> = HashMap::new();
@@ -467,6 +546,40 @@ fn settle_pair(seed: u64, a: &mut Side, b: &mut Side) -> Result<(), SimError> {
                     }
                     Output::Event(Event::Problem { message }) => {
                         return Err(link_err(seed, x.index, message));
+                    }
+                    Output::Mailbox {
+                        relay,
+                        link,
+                        tag,
+                        frame,
+                        ..
+                    } if mail.is_some() => {
+                        let Some((m, sc)) = mail.as_mut() else {
+                            continue;
+                        };
+                        let (answer, notes) =
+                            World::answer_now(m, sc, x.index, &relay, link, &frame);
+                        let input = match answer {
+                            Some(frame) => Input::MailboxResponse {
+                                relay: relay.clone(),
+                                tag,
+                                frame,
+                            },
+                            None => Input::MailboxFailed {
+                                relay: relay.clone(),
+                                tag,
+                                error: "unknown relay".into(),
+                            },
+                        };
+                        x.engine.handle_input(t, input);
+                        for (j, relay, mailbox) in notes {
+                            let input = Input::MailboxNotify { relay, mailbox };
+                            if j == x.index {
+                                x.engine.handle_input(t, input);
+                            } else if j == y.index {
+                                y.engine.handle_input(t, input);
+                            }
+                        }
                     }
                     Output::Event(_) => {}
                     other => {
@@ -530,10 +643,14 @@ impl<'a> World<'a> {
             c: Counters::default(),
             violations: Vec::new(),
             violation_count: 0,
+            mail: Mail::new(sc, seed, n),
+            relay_up: BTreeSet::new(),
+            via_mailbox: false,
         };
         for i in 0..n {
             w.create_device(i)?;
         }
+        w.relays_known()?;
         let edges = w.contact_graph();
         for &(a, b) in &edges {
             w.nodes[a as usize].partners.push(b);
@@ -659,6 +776,11 @@ impl<'a> World<'a> {
             rounds[round].push((a, b));
         }
         let seed = self.seed;
+        let sc = self.sc;
+        // Store-and-forward answers mailbox requests from shared relays (or the owner table of
+        // the carry buffers): the pairs are then linked one at a time, in the same order.
+        let shared = sc.routing.strategy.stores_and_forwards();
+        let threads = if shared { 1 } else { threads };
         for round in rounds {
             let mut jobs: Vec<(Side, Side)> = Vec::with_capacity(round.len());
             for &(a, b) in &round {
@@ -667,8 +789,15 @@ impl<'a> World<'a> {
                 jobs.push((sa, sb));
             }
             let chunk = jobs.len().div_ceil(threads).max(1);
-            let results: Vec<Result<(), SimError>> = if threads == 1 || jobs.len() < 2 {
-                jobs.iter_mut().map(|(a, b)| befriend(seed, a, b)).collect()
+            let results: Vec<Result<(), SimError>> = if shared {
+                let mail = &mut self.mail;
+                jobs.iter_mut()
+                    .map(|(a, b)| befriend(seed, a, b, Some((&mut *mail, sc))))
+                    .collect()
+            } else if threads == 1 || jobs.len() < 2 {
+                jobs.iter_mut()
+                    .map(|(a, b)| befriend(seed, a, b, None))
+                    .collect()
             } else {
                 std::thread::scope(|scope| {
                     let handles: Vec<_> = jobs
@@ -676,7 +805,7 @@ impl<'a> World<'a> {
                         .map(|part| {
                             scope.spawn(move || {
                                 part.iter_mut()
-                                    .map(|(a, b)| befriend(seed, a, b))
+                                    .map(|(a, b)| befriend(seed, a, b, None))
                                     .collect::<Vec<_>>()
                             })
                         })
@@ -694,6 +823,51 @@ impl<'a> World<'a> {
             for r in results {
                 r?;
                 self.c.contacts_linked += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Tells every engine of the relays (or of the carry buffers' virtual relay) before
+    /// contacts are linked, so linking opens and announces mailboxes.
+    fn relays_known(&mut self) -> Result<(), SimError> {
+        let relays = self.mail.known_relays();
+        if relays.is_empty() {
+            return Ok(());
+        }
+        let t = EPOCH_MS;
+        for i in 0..self.nodes.len() as u32 {
+            let Some(engine) = self.nodes[i as usize].engine.as_mut() else {
+                continue;
+            };
+            for (r, (relay, addrs)) in relays.iter().enumerate() {
+                engine.handle_input(
+                    t,
+                    Input::Relay {
+                        relay: relay.clone(),
+                        addrs: addrs.clone(),
+                        up: true,
+                    },
+                );
+                if self.mail.relay_index(relay).is_some() {
+                    self.relay_up.insert((i, r as u32));
+                }
+            }
+            engine.commit().map_err(|e| link_err(self.seed, i, e))?;
+            while let Some(o) = engine.poll_output() {
+                match o {
+                    Output::Event(Event::Problem { message }) => {
+                        return Err(link_err(self.seed, i, message))
+                    }
+                    Output::Event(_) => {}
+                    other => {
+                        return Err(link_err(
+                            self.seed,
+                            i,
+                            format!("unexpected output when told of relays: {other:?}"),
+                        ))
+                    }
+                }
             }
         }
         Ok(())
@@ -748,6 +922,9 @@ impl<'a> World<'a> {
                 let at = exp_sample(&mut self.rng_churn, mean).round() as u64;
                 self.schedule(at, Ev::Churn { node: i });
             }
+        }
+        if sc.routing.strategy == Strategy::Relays {
+            self.start_relays();
         }
         for (index, p) in sc.faults.partitions.iter().enumerate() {
             self.schedule(
@@ -985,6 +1162,37 @@ impl<'a> World<'a> {
                     self.link_down(a, b);
                 }
             }
+            Ev::MailLocal {
+                node,
+                incarnation,
+                tag,
+                frame,
+            } => self.mail_local(node, incarnation, tag, frame),
+            Ev::MailFail {
+                node,
+                incarnation,
+                relay,
+                tag,
+            } => self.mail_fail(node, incarnation, relay, tag),
+            Ev::RelayArrive { rid, owner, frame } => self.relay_arrive(rid, owner, frame),
+            Ev::RelayAnswer { rid, frame } => self.relay_answer(rid, frame),
+            Ev::RelayTimeout { rid } => self.relay_timeout(rid),
+            Ev::RelayNotify {
+                node,
+                incarnation,
+                r,
+                mailbox,
+            } => self.relay_notify(node, incarnation, r, mailbox),
+            Ev::RelayTimer { r, gen } => self.relay_timer(r, gen),
+            Ev::Offer { node } => self.offer(node, None),
+            Ev::BundleArrive {
+                from,
+                to,
+                link_id,
+                bid,
+                copies,
+                hops,
+            } => self.bundle_arrive(from, to, link_id, bid, copies, hops),
         }
         Ok(())
     }
@@ -1081,6 +1289,7 @@ impl<'a> World<'a> {
         let at = self.now + exp_sample(&mut self.rng_churn, mean).round() as u64;
         self.schedule(at, Ev::Churn { node });
         self.refresh_node(node);
+        self.refresh_relays(node);
     }
 
     fn crash(&mut self, index: usize) {
@@ -1093,6 +1302,7 @@ impl<'a> World<'a> {
         }
         // The process dies: in-memory state is gone, the store (flushed at every commit) stays.
         n.engine = None;
+        let old_incarnation = n.incarnation;
         n.incarnation += 1;
         n.timer_gen += 1;
         n.timer_at = None;
@@ -1101,6 +1311,7 @@ impl<'a> World<'a> {
             let (x, y) = norm(node, b);
             self.link_down(x, y);
         }
+        self.relays_crashed(node, old_incarnation);
         if let Some(r) = c.restart_after {
             self.schedule(self.now + r.ms(), Ev::Restart { node });
         }
@@ -1115,7 +1326,19 @@ impl<'a> World<'a> {
             .map_err(|e| self.setup_err(node, format!("restart at {} ms: {e}", self.now)))?;
         self.nodes[node as usize].engine = Some(engine);
         self.c.restarts += 1;
+        if let Some(relay) = self.mail.virtual_peer() {
+            // The carry buffers run on the device: the new process reaches them at once.
+            self.input(
+                node,
+                Input::Relay {
+                    relay,
+                    addrs: vec!["/sim/carry".into()],
+                    up: true,
+                },
+            );
+        }
         self.refresh_node(node);
+        self.refresh_relays(node);
         self.flush(node);
         Ok(())
     }
@@ -1163,6 +1386,7 @@ impl<'a> World<'a> {
             delivered_ms: None,
             acked_ms: None,
             dropped: false,
+            hops: None,
             id: None,
         });
         if self.nodes[from as usize].outstanding >= self.sc.buffers.outbox_messages {
@@ -1270,6 +1494,7 @@ impl<'a> World<'a> {
                 busy_us: [0; 2],
                 sent: [0; 2],
                 inflight: BTreeSet::new(),
+                offered: HashSet::new(),
             },
         );
         self.nodes[a as usize].links.insert(b);
@@ -1281,6 +1506,11 @@ impl<'a> World<'a> {
         );
         self.input(a, Input::Connected { peer: pb });
         self.input(b, Input::Connected { peer: pa });
+        if self.sc.routing.strategy.carries() {
+            // Carriers exchange envelopes once both engines took the connection in.
+            self.schedule(self.now, Ev::Offer { node: a });
+            self.schedule(self.now, Ev::Offer { node: b });
+        }
         // A new connection is what grows an engine's peer table. It holds at most the devices
         // it was linked with before the run plus the distinct devices it connected to since, so
         // it can only pass MAX_PEERS after meeting that many; from then on it is read (a copy
@@ -1333,21 +1563,39 @@ impl<'a> World<'a> {
         let key = norm(from, to);
         let dir = usize::from(from > to);
         let bw = self.sc.link.bandwidth.0 as u128;
+        let (loss, latency) = (self.sc.link.loss, self.sc.link.latency.ms());
         let link = self.links.get_mut(&key)?;
-        let tx_us = ((bytes as u128 * 8 * 1_000_000).div_ceil(bw)) as u64;
-        let start = (self.now * 1000).max(link.busy_us[dir]);
-        let done = start + tx_us;
-        link.busy_us[dir] = done;
-        let k = link.sent[dir];
-        link.sent[dir] += 1;
-        let loss = self.sc.link.loss;
-        let lost = loss > 0.0 && loss_draw(self.seed, link.id, dir, k) < loss;
+        let (arrival, lost) =
+            Self::on_link(self.now, self.seed, loss, bw, latency, link, dir, bytes);
         self.c.frames_sent += 1;
         self.c.bytes_sent += bytes as u64;
         if lost {
             self.c.frames_lost += 1;
         }
-        Some((done.div_ceil(1000) + self.sc.link.latency.ms(), lost))
+        Some((arrival, lost))
+    }
+
+    /// A frame of `bytes` on `link` in direction `dir` at `now`: when it arrives (ms) and
+    /// whether it is lost.
+    #[allow(clippy::too_many_arguments)]
+    fn on_link(
+        now: u64,
+        seed: u64,
+        loss: f64,
+        bw: u128,
+        latency: u64,
+        link: &mut Link,
+        dir: usize,
+        bytes: usize,
+    ) -> (u64, bool) {
+        let tx_us = ((bytes as u128 * 8 * 1_000_000).div_ceil(bw)) as u64;
+        let start = (now * 1000).max(link.busy_us[dir]);
+        let done = start + tx_us;
+        link.busy_us[dir] = done;
+        let k = link.sent[dir];
+        link.sent[dir] += 1;
+        let lost = loss > 0.0 && loss_draw(seed, link.id, dir, k) < loss;
+        (done.div_ceil(1000) + latency, lost)
     }
 
     // ----- engines ----------------------------------------------------------------------------
@@ -1388,7 +1636,12 @@ impl<'a> World<'a> {
                         .pendings
                         .get(channel)
                         .map_or(u32::MAX - 1, |p| p.requester),
-                    Output::Event(_) | Output::Mailbox { .. } => u32::MAX,
+                    // Relays' connections are independent of the devices'.
+                    Output::Mailbox { relay, .. } => self
+                        .mail
+                        .relay_index(relay)
+                        .map_or(u32::MAX - 1, |r| self.sc.nodes.devices.saturating_add(r)),
+                    Output::Event(_) => u32::MAX,
                 };
                 (k, o)
             })
@@ -1426,9 +1679,13 @@ impl<'a> World<'a> {
 
     fn route(&mut self, i: u32, o: Output) {
         match o {
-            // The simulation has no relays yet: engines are never told of one, so they never
-            // ask for a mailbox.
-            Output::Mailbox { .. } => {}
+            Output::Mailbox {
+                relay,
+                link,
+                tag,
+                frame,
+                ..
+            } => self.route_mailbox(i, relay, link, tag, frame),
             Output::Request { peer, tag, frame } => {
                 let j = self.by_peer.get(&peer).copied();
                 let linked = j.is_some_and(|j| self.links.contains_key(&norm(i, j)));
@@ -1521,11 +1778,24 @@ impl<'a> World<'a> {
                 }
                 if m.delivered_ms.is_none() {
                     m.delivered_ms = Some(self.now);
+                    m.hops = Some(if !self.via_mailbox {
+                        1
+                    } else if self.sc.routing.strategy.carries() {
+                        self.mail.carried_hops.get(&k).copied().unwrap_or(1)
+                    } else {
+                        2
+                    });
                 } else {
                     self.c.duplicates += 1;
                 }
             }
             Event::StateChanged { id, state, .. } => {
+                if let (Some(bid), DeliveryState::Relayed { .. }) = (self.mail.deposit_ctx, &state)
+                {
+                    if let Some(k) = hex_id(&id).and_then(|b| self.by_id.get(&b).copied()) {
+                        self.mail.bundle_is(bid, k);
+                    }
+                }
                 if state < DeliveryState::Delivered {
                     return;
                 }
@@ -1615,6 +1885,11 @@ impl<'a> World<'a> {
             }
         }
         problems.extend(bound_violations(&self.c, self.sc.buffers.outbox_messages));
+        problems.extend(self.mail.carry_bound_violations(self.sc));
+        self.c.peak_relay_storage = self.mail.peak_storage;
+        self.c.peak_carry_buffer = self.mail.peak_carry;
+        self.c.carry_dropped = self.mail.carry_dropped;
+        self.c.carry_expired = self.mail.carry_expired;
         for (k, m) in self.msgs.iter().enumerate() {
             let Some(id) = m.id else { continue };
             let seen = counts.get(&id).copied().unwrap_or(0);

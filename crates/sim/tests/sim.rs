@@ -341,8 +341,20 @@ fn bad_scenarios_are_refused_with_the_key_and_the_reason() {
             &["`link.bandwidth`", "bandwidth"],
         ),
         (
-            format!("{MIN}[routing]\nstrategy = \"flooding\"\n"),
-            &["`routing.strategy`", "flooding", "not yet supported"],
+            format!("{MIN}[routing]\nstrategy = \"relays\"\n"),
+            &["`nodes.relays`", "at least one relay"],
+        ),
+        (
+            format!("{MIN}[routing]\nstrategy = \"spray_and_wait\"\n"),
+            &["`routing.copies`", "needs the number of copies"],
+        ),
+        (
+            format!("{MIN}[routing]\nstrategy = \"flooding\"\ncopies = 4\n"),
+            &["`routing.copies`", "only to strategy \"spray_and_wait\""],
+        ),
+        (
+            format!("{MIN}[buffers]\ncarry_bytes = 10\n"),
+            &["`buffers.carry_bytes`", "largest envelope"],
         ),
         (
             format!("{MIN}[routing]\nstrategy = \"teleport\"\n"),
