@@ -1639,19 +1639,30 @@ impl Engine {
             Ok(p) => p,
             Err(_) => return self.bad_frame(peer, channel, now_ms),
         };
-        let sender = opened.sender.identity;
-        if !self.take_payload(
-            peer,
-            &contact,
-            sender,
-            id,
-            opened.timestamp_ms,
-            payload,
-            now_ms,
-        )? {
+        if !self.take_opened(peer, &contact, &opened, payload, now_ms)? {
             return self.bad_frame(peer, channel, now_ms);
         }
         self.respond(channel, Response::Ack(id))
+    }
+
+    /// [`Engine::take_payload`] for the decrypted payload of an opened envelope.
+    fn take_opened(
+        &mut self,
+        peer: &str,
+        contact: &ContactRecord,
+        opened: &OpenedEnvelope,
+        payload: Payload,
+        now_ms: u64,
+    ) -> Result<bool> {
+        self.take_payload(
+            peer,
+            contact,
+            opened.sender.identity,
+            opened.message_id.0,
+            opened.timestamp_ms,
+            payload,
+            now_ms,
+        )
     }
 
     /// Decrypts an opened envelope from `peer` with the session we have, or starts the inbound

@@ -1567,12 +1567,17 @@ impl<'a> World<'a> {
         let link = self.links.get_mut(&key)?;
         let (arrival, lost) =
             Self::on_link(self.now, self.seed, loss, bw, latency, link, dir, bytes);
+        Some(self.count_frame(bytes, arrival, lost))
+    }
+
+    /// Counts a frame of `bytes` that was sent (and maybe lost); passes its fate through.
+    fn count_frame(&mut self, bytes: usize, arrival: u64, lost: bool) -> (u64, bool) {
         self.c.frames_sent += 1;
         self.c.bytes_sent += bytes as u64;
         if lost {
             self.c.frames_lost += 1;
         }
-        Some((arrival, lost))
+        (arrival, lost)
     }
 
     /// A frame of `bytes` on `link` in direction `dir` at `now`: when it arrives (ms) and

@@ -55,6 +55,18 @@ struct OwnBox {
     after: u64,
 }
 
+impl OwnBox {
+    fn new(rec: OwnMailbox, key: MailboxKey) -> OwnBox {
+        OwnBox {
+            rec,
+            key,
+            fetching: false,
+            refetch: false,
+            after: 0,
+        }
+    }
+}
+
 /// What a mailbox request was for.
 enum MailboxPending {
     Create {
@@ -97,16 +109,7 @@ impl RelayState {
         let mut st = RelayState::default();
         for rec in store.own_mailboxes()? {
             let key = MailboxKey::from_secret_bytes(rec.key.expose())?;
-            st.own.insert(
-                rec.mailbox,
-                OwnBox {
-                    rec,
-                    key,
-                    fetching: false,
-                    refetch: false,
-                    after: 0,
-                },
-            );
+            st.own.insert(rec.mailbox, OwnBox::new(rec, key));
         }
         for c in store.contact_mailboxes()? {
             if let Some(peer) = store.contact(&c.phone)?.and_then(|c| c.peer_id) {
@@ -346,16 +349,7 @@ impl Engine {
             };
             let id = rec.mailbox;
             self.write(vec![Op::PutOwnMailbox(rec.clone())])?;
-            self.relay.own.insert(
-                id,
-                OwnBox {
-                    rec,
-                    key,
-                    fetching: false,
-                    refetch: false,
-                    after: 0,
-                },
-            );
+            self.relay.own.insert(id, OwnBox::new(rec, key));
             self.send_create(id, now_ms)?;
         }
         if announce {
@@ -712,16 +706,7 @@ impl Engine {
             return Ok(None);
         };
         let text = matches!(payload, Payload::Text { .. });
-        let sender = opened.sender.identity;
-        let taken = self.take_payload(
-            &peer,
-            &contact,
-            sender,
-            id,
-            opened.timestamp_ms,
-            payload,
-            now_ms,
-        )?;
+        let taken = self.take_opened(&peer, &contact, &opened, payload, now_ms)?;
         Ok((taken && text).then_some((peer, id)))
     }
 

@@ -615,12 +615,7 @@ impl World<'_> {
         let dir = usize::from(!up);
         let (arrival, lost) =
             Self::on_link(self.now, self.seed, loss, bw, latency, link, dir, bytes);
-        self.c.frames_sent += 1;
-        self.c.bytes_sent += bytes as u64;
-        if lost {
-            self.c.frames_lost += 1;
-        }
-        Some((arrival, lost))
+        Some(self.count_frame(bytes, arrival, lost))
     }
 
     // ----- mailbox requests -------------------------------------------------------------------
