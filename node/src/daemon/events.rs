@@ -7,8 +7,10 @@
 use serde::Serialize;
 use tokio::sync::broadcast;
 
-/// Events kept for subscribers that have not read them yet.
-pub const EVENT_CHANNEL_CAPACITY: usize = 256;
+/// Events kept for subscribers that have not read them yet: as many as the driver keeps
+/// ([`instaconnect_net::driver::USER_EVENT_CAPACITY`]), so a reconnection's burst of
+/// acknowledgements (a state change each) does not outrun a live `chat`.
+pub const EVENT_CHANNEL_CAPACITY: usize = instaconnect_net::driver::USER_EVENT_CAPACITY;
 
 /// Something that happened in the node. Serialized as JSON with a `type` field.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
