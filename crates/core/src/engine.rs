@@ -553,10 +553,12 @@ impl Engine {
     /// The first half of a commit, for shells that flush on another thread while the engine
     /// goes on. Writes what is pending and releases the outputs staged since the last commit
     /// that need no flush: requests (they acknowledge nothing: after a crash a message reaches
-    /// its recipient at most once more, deduped there by id), and, when nothing waits for a
-    /// flush, events. Responses (which acknowledge what was stored) and the events staged with
-    /// them are held until [`Engine::committed`] is called with the returned ticket, after a
-    /// flush of the store that began after this call. A ticket is also returned when `durable`
+    /// its recipient at most once more, deduped there by id) and events (a text is shown as
+    /// soon as it is stored, and reads see it; should the device crash before the flush, the
+    /// sender, never acknowledged, sends it again). Responses (which acknowledge what was
+    /// stored) and requests that acknowledge (tagged `after_flush`) are held until
+    /// [`Engine::committed`] is called with the returned ticket, after a flush of the store
+    /// that began after this call. A ticket is also returned when `durable`
     /// is asked for (the caller answers user commands) and something was written since the last
     /// ticket. `None`: no flush is needed.
     ///
@@ -592,11 +594,12 @@ impl Engine {
         for o in self.staged.drain(..) {
             match &o {
                 Output::Request { tag, .. } | Output::Mailbox { tag, .. }
-                    if !after_flush.remove(tag) =>
+                    if after_flush.remove(tag) =>
                 {
-                    self.ready.push_back(o)
+                    held.push(o)
                 }
-                _ => held.push(o),
+                Output::Respond { .. } => held.push(o),
+                _ => self.ready.push_back(o),
             }
         }
         if acks || (durable && self.wrote) {
