@@ -55,6 +55,21 @@ pub enum CryptoError {
         /// The version this build speaks.
         supported: u8,
     },
+    /// A file is larger than an attachment can be.
+    #[error("the file is too large to attach: {size} bytes (at most {max})")]
+    AttachmentTooLarge {
+        /// Its size.
+        size: u64,
+        /// The largest attachment.
+        max: u64,
+    },
+    /// An attachment chunk did not match its manifest (hash, length or tag); `u32::MAX` for the
+    /// whole file's hash.
+    #[error("attachment chunk {index} does not match what the sender sealed")]
+    AttachmentChunk {
+        /// Which chunk.
+        index: u32,
+    },
     /// A contact card's signature did not verify: it was altered after signing.
     #[error("contact card has been tampered with: {0} signature does not verify")]
     CardTampered(&'static str),

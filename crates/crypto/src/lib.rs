@@ -17,6 +17,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod attachment;
 mod card;
 mod envelope;
 mod error;
@@ -27,6 +28,11 @@ mod pickle;
 mod replay;
 mod session;
 
+pub use attachment::{
+    chunk_hash, chunk_layout, open_chunk, seal_chunk, AttachmentKey, AttachmentOpener,
+    AttachmentSealer, Layout, Sealed, ATTACHMENT_CHUNK_BYTES, CHUNK_TAG_BYTES,
+    MAX_ATTACHMENT_BYTES, MAX_ATTACHMENT_CHUNKS, MAX_ATTACHMENT_CHUNK_BYTES,
+};
 pub use card::{
     CardDisplay, ContactCard, CARD_CONTEXT, CARD_KEY_ROTATION_MS, CARD_VERSION,
     DEFAULT_CARD_TTL_MS, INVITE_PREFIX, MAX_CARD_CLOCK_SKEW_MS, MAX_CARD_TTL_MS,
