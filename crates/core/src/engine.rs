@@ -1868,6 +1868,16 @@ impl Engine {
                 self.write(ops)?;
                 self.take_delivered(&contact.phone, &ids, now_ms)?;
             }
+            Payload::Attachment { .. } | Payload::Location { .. } => {
+                // The format exists (issue 6); storing and showing them does not yet, and this
+                // build never sends them. Taken (not counted as misbehaviour) and reported.
+                ops.push(Op::MarkSeen(id));
+                self.write(ops)?;
+                self.problem(format!(
+                    "{} sent an attachment or a location, which this version cannot show yet",
+                    contact.phone
+                ));
+            }
         }
         Ok(true)
     }

@@ -32,7 +32,7 @@ use crate::error::CryptoError;
 pub const ATTACHMENT_CHUNK_BYTES: u32 = 48 * 1024;
 /// Most chunks of one attachment: the manifest lists every chunk's hash (32 bytes each), and
 /// must fit in one message. Larger files get larger chunks (direct transfers only).
-pub const MAX_ATTACHMENT_CHUNKS: u32 = 1024;
+pub const MAX_ATTACHMENT_CHUNKS: u32 = instaconnect_wire::proto::MAX_MANIFEST_CHUNKS as u32;
 /// Largest chunk, which bounds the largest attachment (4 GiB).
 pub const MAX_ATTACHMENT_CHUNK_BYTES: u32 = 4 * 1024 * 1024;
 /// Largest attachment this format can describe.

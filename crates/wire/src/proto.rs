@@ -118,6 +118,105 @@ pub enum Payload {
     /// The answer to a `ContactAccept`: the link is complete on both sides, and the accepter's
     /// session has been answered, so what follows travels in batches instead of envelopes.
     Linked,
+    /// A photo, video, voice note or file in the 1:1 conversation, numbered with the texts
+    /// (`n`); its chunks are fetched separately and checked against the manifest.
+    Attachment {
+        manifest: AttachmentManifest,
+        n: u64,
+    },
+    /// A location in the 1:1 conversation, numbered with the texts (`n`).
+    Location { location: Location, n: u64 },
+}
+
+/// Most chunks one attachment has (each listed by hash in its manifest).
+pub const MAX_MANIFEST_CHUNKS: usize = 1024;
+/// Longest attachment file name, in bytes.
+pub const MAX_ATTACHMENT_NAME_BYTES: usize = 255;
+/// Longest media type, in bytes.
+pub const MAX_MIME_BYTES: usize = 127;
+/// Largest thumbnail carried in a manifest.
+pub const MAX_THUMBNAIL_BYTES: usize = 16 * 1024;
+
+/// What an attachment is; decides how it is shown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AttachmentKind {
+    Photo,
+    Video,
+    Voice,
+    File,
+}
+
+/// Everything a recipient needs to fetch, check, open and show an attachment. The layout
+/// (`size`, `chunk_size`, `chunks.len()`) is the one `instaconnect_crypto::chunk_layout` gives
+/// for `size`; the key opens the chunks; `plaintext_hash` (BLAKE3) checks the whole file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachmentManifest {
+    pub kind: AttachmentKind,
+    pub name: String,
+    pub mime: String,
+    pub size: u64,
+    pub chunk_size: u32,
+    /// BLAKE3 of every sealed chunk, in order.
+    pub chunks: Vec<[u8; 32]>,
+    pub key: crate::SecretBytes,
+    pub plaintext_hash: [u8; 32],
+    /// Photos and videos: dimensions in pixels.
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    /// Videos and voice notes, where the container tells it.
+    pub duration_ms: Option<u64>,
+    /// Photos: a small preview image.
+    pub thumbnail: Option<Vec<u8>>,
+    pub caption: Option<String>,
+}
+
+/// A point on Earth, in 1e-7 degrees (WGS 84), with an optional accuracy; a live location
+/// says until when it keeps being updated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Location {
+    pub lat_e7: i32,
+    pub lon_e7: i32,
+    pub accuracy_m: Option<u32>,
+    /// Live: updates follow until this time (unix ms); `None`, a single location.
+    pub live_until_ms: Option<u64>,
+}
+
+impl AttachmentManifest {
+    /// Checks the manifest's bounds (not its layout, which the crypto checks).
+    pub fn check(&self) -> Result<(), ProtoError> {
+        let too_large = |what, len, max| Err(ProtoError::TooLarge { what, len, max });
+        if self.name.len() > MAX_ATTACHMENT_NAME_BYTES {
+            return too_large("file name", self.name.len(), MAX_ATTACHMENT_NAME_BYTES);
+        }
+        if self.mime.len() > MAX_MIME_BYTES {
+            return too_large("media type", self.mime.len(), MAX_MIME_BYTES);
+        }
+        if self.chunks.is_empty() || self.chunks.len() > MAX_MANIFEST_CHUNKS {
+            return too_large("chunk list", self.chunks.len(), MAX_MANIFEST_CHUNKS);
+        }
+        if self.key.expose().len() != 32 {
+            return too_large("attachment key", self.key.expose().len(), 32);
+        }
+        if let Some(t) = &self.thumbnail {
+            if t.len() > MAX_THUMBNAIL_BYTES {
+                return too_large("thumbnail", t.len(), MAX_THUMBNAIL_BYTES);
+            }
+        }
+        if let Some(c) = &self.caption {
+            if c.len() > MAX_TEXT_BYTES {
+                return too_large("caption", c.len(), MAX_TEXT_BYTES);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Location {
+    /// Whether the coordinates are on Earth.
+    pub fn is_valid(&self) -> bool {
+        (-900_000_000..=900_000_000).contains(&self.lat_e7)
+            && (-1_800_000_000..=1_800_000_000).contains(&self.lon_e7)
+    }
 }
 
 /// Mailboxes one device announces at most.
@@ -141,6 +240,8 @@ pub enum ProtoError {
     UnsupportedVersion(u16),
     #[error(transparent)]
     Wire(#[from] WireError),
+    #[error("invalid {0}")]
+    Invalid(&'static str),
     #[error("{what} is too large: {len} (at most {max})")]
     TooLarge {
         what: &'static str,
@@ -276,6 +377,10 @@ impl Payload {
                 }
                 Ok(p)
             }
+            Payload::Attachment { manifest, .. } => manifest.check().map(|()| p),
+            Payload::Location { location, .. } if !location.is_valid() => {
+                Err(ProtoError::Invalid("location off the globe"))
+            }
             _ => Ok(p),
         }
     }
@@ -299,6 +404,92 @@ mod tests {
             n: 1,
         };
         assert_eq!(Payload::decode(&p.encode().unwrap()).unwrap(), p);
+    }
+
+    fn manifest() -> AttachmentManifest {
+        AttachmentManifest {
+            kind: AttachmentKind::Photo,
+            name: "beach.png".into(),
+            mime: "image/png".into(),
+            size: 100_000,
+            chunk_size: 48 * 1024,
+            chunks: vec![[3; 32]; 3],
+            key: crate::SecretBytes::new(vec![9; 32]),
+            plaintext_hash: [4; 32],
+            width: Some(640),
+            height: Some(480),
+            duration_ms: None,
+            thumbnail: Some(vec![1; 100]),
+            caption: Some("the beach".into()),
+        }
+    }
+
+    #[test]
+    fn attachments_and_locations_roundtrip_within_their_bounds() {
+        let p = Payload::Attachment {
+            manifest: manifest(),
+            n: 4,
+        };
+        assert_eq!(Payload::decode(&p.encode().unwrap()).unwrap(), p);
+        let here = Location {
+            lat_e7: 129_715_987,
+            lon_e7: 775_945_627,
+            accuracy_m: Some(12),
+            live_until_ms: Some(1_000),
+        };
+        let p = Payload::Location {
+            location: here,
+            n: 5,
+        };
+        assert_eq!(Payload::decode(&p.encode().unwrap()).unwrap(), p);
+
+        let off = Payload::Location {
+            location: Location {
+                lat_e7: 900_000_001,
+                ..here
+            },
+            n: 6,
+        };
+        assert!(matches!(
+            Payload::decode(&off.encode().unwrap()),
+            Err(ProtoError::Invalid(_))
+        ));
+        type Spoil = fn(&mut AttachmentManifest);
+        let bad: [(&str, Spoil); 6] = [
+            ("file name", |m| {
+                m.name = "n".repeat(MAX_ATTACHMENT_NAME_BYTES + 1)
+            }),
+            ("media type", |m| m.mime = "m".repeat(MAX_MIME_BYTES + 1)),
+            ("chunk list", |m| {
+                m.chunks = vec![[0; 32]; MAX_MANIFEST_CHUNKS + 1]
+            }),
+            ("chunk list", |m| m.chunks.clear()),
+            ("attachment key", |m| {
+                m.key = crate::SecretBytes::new(vec![1; 31])
+            }),
+            ("thumbnail", |m| {
+                m.thumbnail = Some(vec![0; MAX_THUMBNAIL_BYTES + 1])
+            }),
+        ];
+        for (what, spoil) in bad {
+            let mut m = manifest();
+            spoil(&mut m);
+            let p = Payload::Attachment { manifest: m, n: 1 };
+            match Payload::decode(&p.encode().unwrap()) {
+                Err(ProtoError::TooLarge { what: w, .. }) => assert_eq!(w, what),
+                other => panic!("{what}: {other:?}"),
+            }
+        }
+        let mut m = manifest();
+        m.chunks = vec![[0; 32]; MAX_MANIFEST_CHUNKS];
+        m.thumbnail = Some(vec![0; MAX_THUMBNAIL_BYTES]);
+        m.caption = Some("c".repeat(MAX_TEXT_BYTES));
+        let biggest = Payload::Attachment { manifest: m, n: 1 }.encode().unwrap();
+        assert!(
+            biggest.len() < MAX_FRAME_BYTES / 2,
+            "the largest manifest fits one message: {} bytes",
+            biggest.len()
+        );
     }
 
     #[test]
