@@ -9,20 +9,22 @@
 //! Two implementations share one behaviour: [`SledStore`] on disk and [`MemStore`] in memory
 //! (for the simulator and tests). A property test drives both with the same random operations.
 
+pub mod blobs;
 mod buffered;
 mod mem;
 pub mod relay;
 mod sled_store;
 
+pub use blobs::{BlobError, Blobs, DirBlobs, MemBlobs};
 pub use buffered::MAX_PENDING_WRITES;
 pub use mem::MemStore;
 pub use relay::{MemRelayStore, RelayOp, RelayStore, SledRelayStore};
 pub use sled_store::SledStore;
 
 use instaconnect_wire::records::{
-    AccountRecord, BlockRecord, ContactMailboxes, ContactRecord, ContactRequestRecord,
-    ConversationRecord, DepositRecord, GroupId, GroupRecord, HeldMessage, MessageRecord,
-    OutboxEntry, OwnMailbox, Profile, Settings,
+    AccountRecord, AttachmentRecord, BlockRecord, ContactMailboxes, ContactRecord,
+    ContactRequestRecord, ConversationRecord, DepositRecord, GroupId, GroupRecord, HeldMessage,
+    MessageRecord, OutboxEntry, OwnMailbox, Profile, Settings,
 };
 use instaconnect_wire::{SecretBytes, WireError};
 
@@ -67,6 +69,9 @@ pub enum Op {
     PutDeposit(DepositRecord),
     /// Forgets a deposit: (message id, mailbox).
     RemoveDeposit([u8; 16], [u8; 32]),
+    PutAttachment(AttachmentRecord),
+    /// Forgets a message's attachment record, by message id.
+    RemoveAttachment([u8; 16]),
     RemoveHeld {
         peer: String,
         n: u64,
@@ -145,6 +150,10 @@ pub trait Store: Send + Sync {
     fn contact_mailboxes(&self) -> Result<Vec<ContactMailboxes>>;
     /// Envelopes left on relays and not yet acknowledged, ordered by message id and mailbox.
     fn deposits(&self) -> Result<Vec<DepositRecord>>;
+    /// The attachment of a message, by message id.
+    fn attachment(&self, id: &[u8; 16]) -> Result<Option<AttachmentRecord>>;
+    /// Every attachment record, ordered by message id (transfers to resume).
+    fn attachments(&self) -> Result<Vec<AttachmentRecord>>;
 
     /// Applies the batch atomically and durably (flushed before returning).
     fn apply(&self, ops: Vec<Op>) -> Result<()> {

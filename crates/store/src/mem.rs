@@ -2,9 +2,9 @@ use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 
 use instaconnect_wire::records::{
-    AccountRecord, BlockRecord, ContactMailboxes, ContactRecord, ContactRequestRecord,
-    ConversationRecord, DepositRecord, GroupId, GroupRecord, HeldMessage, MessageRecord,
-    OutboxEntry, OwnMailbox, Profile, Settings,
+    AccountRecord, AttachmentRecord, BlockRecord, ContactMailboxes, ContactRecord,
+    ContactRequestRecord, ConversationRecord, DepositRecord, GroupId, GroupRecord, HeldMessage,
+    MessageRecord, OutboxEntry, OwnMailbox, Profile, Settings,
 };
 use instaconnect_wire::SecretBytes;
 
@@ -30,6 +30,7 @@ struct State {
     own_mailboxes: BTreeMap<[u8; 32], OwnMailbox>,
     contact_mailboxes: BTreeMap<String, ContactMailboxes>,
     deposits: BTreeMap<([u8; 16], [u8; 32]), DepositRecord>,
+    attachments: BTreeMap<[u8; 16], AttachmentRecord>,
     /// (peer id, phone) of every contact linked to a device.
     contact_peers: std::collections::BTreeSet<(String, String)>,
 }
@@ -161,6 +162,14 @@ impl Store for MemStore {
         Ok(self.lock().deposits.values().cloned().collect())
     }
 
+    fn attachment(&self, id: &[u8; 16]) -> Result<Option<AttachmentRecord>> {
+        Ok(self.lock().attachments.get(id).cloned())
+    }
+
+    fn attachments(&self) -> Result<Vec<AttachmentRecord>> {
+        Ok(self.lock().attachments.values().cloned().collect())
+    }
+
     fn flush(&self) -> Result<()> {
         Ok(())
     }
@@ -255,6 +264,12 @@ impl Store for MemStore {
                 }
                 Op::RemoveDeposit(id, mailbox) => {
                     next.deposits.remove(&(id, mailbox));
+                }
+                Op::PutAttachment(a) => {
+                    next.attachments.insert(a.id, a);
+                }
+                Op::RemoveAttachment(id) => {
+                    next.attachments.remove(&id);
                 }
             }
         }

@@ -2,9 +2,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use instaconnect_wire::records::{
-    AccountRecord, BlockRecord, ContactMailboxes, ContactRecord, ContactRequestRecord,
-    ConversationRecord, DepositRecord, GroupId, GroupRecord, HeldMessage, MessageRecord,
-    OutboxEntry, OutboxPayload, OwnMailbox, Profile, Settings,
+    AccountRecord, AttachmentRecord, BlockRecord, ContactMailboxes, ContactRecord,
+    ContactRequestRecord, ConversationRecord, DepositRecord, GroupId, GroupRecord, HeldMessage,
+    MessageRecord, OutboxEntry, OutboxPayload, OwnMailbox, Profile, Settings,
 };
 use instaconnect_wire::{decode, encode, SecretBytes, SCHEMA_VERSION};
 use serde::de::DeserializeOwned;
@@ -37,6 +37,8 @@ const PREFIX_OWN_MAILBOX: &[u8] = b"ownmb/";
 const PREFIX_CONTACT_MAILBOXES: &[u8] = b"cmb/";
 /// `deposit/<message id><mailbox id>`: envelopes we left on relays.
 const PREFIX_DEPOSIT: &[u8] = b"deposit/";
+/// `att/<message id>`: a message's attachment (manifest and which chunks are stored).
+const PREFIX_ATTACHMENT: &[u8] = b"att/";
 /// `cpeer/<peer id>/<phone>` -> empty: which contacts are linked to a device.
 const PREFIX_CONTACT_PEER: &[u8] = b"cpeer/";
 
@@ -300,6 +302,14 @@ impl Store for SledStore {
         self.scan(PREFIX_DEPOSIT)
     }
 
+    fn attachment(&self, id: &[u8; 16]) -> Result<Option<AttachmentRecord>> {
+        self.get(&key(PREFIX_ATTACHMENT, id))
+    }
+
+    fn attachments(&self) -> Result<Vec<AttachmentRecord>> {
+        self.scan(PREFIX_ATTACHMENT)
+    }
+
     fn flush(&self) -> Result<()> {
         self.db.flush()?;
         Ok(())
@@ -390,6 +400,8 @@ impl Store for SledStore {
                 }
                 Op::PutDeposit(d) => batch.insert(deposit_key(&d.id, &d.mailbox), enc(d)?),
                 Op::RemoveDeposit(id, mailbox) => batch.remove(deposit_key(id, mailbox)),
+                Op::PutAttachment(a) => batch.insert(key(PREFIX_ATTACHMENT, &a.id), enc(a)?),
+                Op::RemoveAttachment(id) => batch.remove(key(PREFIX_ATTACHMENT, id)),
             }
         }
         self.db.stage(batch)?;

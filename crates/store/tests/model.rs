@@ -2,7 +2,7 @@
 //! a plain model after every batch and after the sled database is closed and reopened.
 
 use instaconnect_store::{MemStore, Op, SledStore, Store};
-use instaconnect_wire::proto::MailboxAddress;
+use instaconnect_wire::proto::{AttachmentKind, AttachmentManifest, MailboxAddress};
 use instaconnect_wire::records::*;
 use instaconnect_wire::SecretBytes;
 use proptest::prelude::*;
@@ -201,6 +201,31 @@ fn relay_op() -> impl Strategy<Value = Op> {
             seq,
         })),
         (0u8..6, 0u8..3).prop_map(|(id, m)| Op::RemoveDeposit([id; 16], [m; 32])),
+        (0u8..6, phone(), any::<u8>(), any::<bool>()).prop_map(|(id, peer, have, complete)| {
+            Op::PutAttachment(AttachmentRecord {
+                id: [id; 16],
+                peer,
+                direction: Direction::Incoming,
+                manifest: AttachmentManifest {
+                    kind: AttachmentKind::File,
+                    name: format!("f{id}"),
+                    mime: "application/octet-stream".into(),
+                    size: 10,
+                    chunk_size: 49_152,
+                    chunks: vec![[id; 32]],
+                    key: SecretBytes::new(vec![id; 32]),
+                    plaintext_hash: [have; 32],
+                    width: None,
+                    height: None,
+                    duration_ms: None,
+                    thumbnail: None,
+                    caption: None,
+                },
+                have: vec![have],
+                complete,
+            })
+        }),
+        (0u8..6).prop_map(|id| Op::RemoveAttachment([id; 16])),
     ]
 }
 
@@ -222,12 +247,14 @@ fn snapshot(s: &dyn Store) -> String {
     out.push_str(&format!("\n{:?}", s.own_mailboxes().unwrap()));
     out.push_str(&format!("\n{:?}", s.contact_mailboxes().unwrap()));
     out.push_str(&format!("\n{:?}", s.deposits().unwrap()));
+    out.push_str(&format!("\n{:?}", s.attachments().unwrap()));
     for i in 0u8..6 {
         let p = format!("+9198123456{i:02}");
         out.push_str(&format!("\n{:?}", s.messages(&p, 0).unwrap()));
         out.push_str(&format!("\n{:?}", s.messages(&p, 2).unwrap()));
         out.push_str(&format!("\n{:?}", s.message(&[i; 16]).unwrap()));
         out.push_str(&format!("\n{:?}", s.seen(&[i; 16]).unwrap()));
+        out.push_str(&format!("\n{:?}", s.attachment(&[i; 16]).unwrap()));
     }
     for p in ["a", "b"] {
         out.push_str(&format!("\n{:?}", s.session(p).unwrap()));

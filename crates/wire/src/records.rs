@@ -351,6 +351,45 @@ pub struct OwnMailbox {
     pub created: bool,
 }
 
+/// The attachment of a message, sent or received (device database). Its bytes live beside the
+/// database, in the blob store, under the message id: the plaintext once every chunk is in.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachmentRecord {
+    /// The message's id.
+    pub id: [u8; 16],
+    /// The conversation (E.164).
+    pub peer: String,
+    pub direction: Direction,
+    pub manifest: crate::proto::AttachmentManifest,
+    /// Which chunks are stored: bit `i % 8` of byte `i / 8` for chunk `i`.
+    #[serde(with = "serde_bytes_compat")]
+    pub have: Vec<u8>,
+    /// Every chunk is stored and the whole file matched its hash.
+    pub complete: bool,
+}
+
+impl AttachmentRecord {
+    /// Whether chunk `i` is stored.
+    pub fn has(&self, i: usize) -> bool {
+        self.have
+            .get(i / 8)
+            .is_some_and(|b| b & (1 << (i % 8)) != 0)
+    }
+
+    /// Marks chunk `i` stored.
+    pub fn set(&mut self, i: usize) {
+        if self.have.len() <= i / 8 {
+            self.have.resize(i / 8 + 1, 0);
+        }
+        self.have[i / 8] |= 1 << (i % 8);
+    }
+
+    /// How many chunks are stored.
+    pub fn stored(&self) -> usize {
+        self.have.iter().map(|b| b.count_ones() as usize).sum()
+    }
+}
+
 /// The mailboxes a contact told us to leave envelopes in (device database).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContactMailboxes {
