@@ -19,7 +19,10 @@
 //! authenticated connection. Each is acknowledged end to end once stored. Outbox entries are
 //! encrypted afresh at every attempt, so a retry always decrypts.
 
+mod attachment;
 mod mailbox;
+
+pub use attachment::{seal_attachment, AttachmentMeta, CHUNK_WINDOW, MAX_BAD_CHUNKS};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -30,7 +33,7 @@ use instaconnect_crypto::{
     EnvelopeContent, Identity, MessageId, OpenedEnvelope, PayloadKind, Session, SignedDeviceKeys,
     VerifiedKeys, DEFAULT_CARD_TTL_MS,
 };
-use instaconnect_store::{Op, Store, StoreError};
+use instaconnect_store::{BlobError, Blobs, MemBlobs, Op, Store, StoreError};
 use instaconnect_wire::proto::{
     DirectItem, Payload, ProfileReply, ProtoError, Request, Response, BATCH_OVERHEAD_BYTES,
     MAX_BATCH_ITEMS, MAX_FRAME_BYTES, MAX_TEXT_BYTES,
@@ -165,6 +168,13 @@ pub enum Command {
     MarkRead { contact: String },
     /// Ask a device for the profile fields it shows us.
     RequestProfile { peer: String },
+    /// Send the file the blob store holds under `id` (which becomes the message id), sealed
+    /// as `manifest` ([`seal_attachment`]), to a contact (E.164).
+    SendAttachment {
+        to: String,
+        id: [u8; 16],
+        manifest: Box<instaconnect_wire::proto::AttachmentManifest>,
+    },
 }
 
 /// What the engine asks the shell to do.
@@ -246,6 +256,20 @@ pub enum Event {
         relay: String,
         up: bool,
     },
+    /// More chunks of an incoming attachment are stored.
+    AttachmentProgress {
+        from: String,
+        id: String,
+        stored: u32,
+        total: u32,
+    },
+    /// An incoming attachment is complete and checked.
+    AttachmentReceived {
+        from: String,
+        id: String,
+        name: String,
+        size: u64,
+    },
     /// Something failed that the user should know of (never a message's content).
     Problem {
         message: String,
@@ -291,6 +315,10 @@ pub enum EngineError {
     Empty,
     #[error("too busy: try again shortly")]
     Busy,
+    #[error("cannot send this attachment: {0}")]
+    Attachment(String),
+    #[error(transparent)]
+    Blob(#[from] BlobError),
     #[error(transparent)]
     Crypto(#[from] CryptoError),
     #[error(transparent)]
@@ -416,6 +444,12 @@ enum Pending {
     Ephemeral,
     Profile,
     ContactRequest,
+    /// Part of a chunk of an incoming attachment.
+    Chunk {
+        id: [u8; 16],
+        index: u32,
+        offset: u32,
+    },
 }
 
 /// The engine of one device. See the module docs.
@@ -453,6 +487,13 @@ pub struct Engine {
     /// Tags of requests (direct or mailbox) that must wait for the flush of what they
     /// acknowledge, like responses do.
     after_flush: HashSet<u64>,
+    /// Channels whose response acknowledges nothing stored (attachment chunks served): they
+    /// go without waiting for a flush.
+    unacking: HashSet<u64>,
+    /// Where attachments' bytes live.
+    blobs: Arc<dyn Blobs>,
+    /// Attachments being fetched or served.
+    transfers: attachment::Transfers,
 }
 
 fn earliest(a: Option<u64>, b: Option<u64>) -> Option<u64> {
@@ -483,6 +524,7 @@ impl Engine {
             outbox.insert(order, e);
         }
         let relay = mailbox::RelayState::load(store.as_ref())?;
+        let transfers = attachment::Transfers::load(store.as_ref())?;
         let mut held = HeldTexts::default();
         for h in store.held()? {
             held.by_conversation
@@ -513,7 +555,17 @@ impl Engine {
             verified: VerifiedKeys::new(),
             relay,
             after_flush: HashSet::new(),
+            unacking: HashSet::new(),
+            blobs: Arc::new(MemBlobs::new()),
+            transfers,
         })
+    }
+
+    /// Keeps attachments' bytes in `blobs` (files in the data dir on a device) instead of in
+    /// memory.
+    pub fn with_blobs(mut self, blobs: Arc<dyn Blobs>) -> Engine {
+        self.blobs = blobs;
+        self
     }
 
     /// This device's libp2p peer id.
@@ -585,8 +637,9 @@ impl Engine {
             self.device_dirty = false;
         }
         let after_flush = &mut self.after_flush;
+        let unacking = &mut self.unacking;
         let acks = self.staged.iter().any(|o| match o {
-            Output::Respond { .. } => true,
+            Output::Respond { channel, .. } => !unacking.contains(channel),
             Output::Request { tag, .. } | Output::Mailbox { tag, .. } => after_flush.contains(tag),
             _ => false,
         });
@@ -598,7 +651,7 @@ impl Engine {
                 {
                     held.push(o)
                 }
-                Output::Respond { .. } => held.push(o),
+                Output::Respond { channel, .. } if !unacking.remove(channel) => held.push(o),
                 _ => self.ready.push_back(o),
             }
         }
@@ -947,6 +1000,9 @@ impl Engine {
                 let frame = Request::Profile.encode()?;
                 self.staged.push(Output::Request { peer, tag, frame });
                 Ok(None)
+            }
+            Command::SendAttachment { to, id, manifest } => {
+                self.send_attachment(&to, id, *manifest, now_ms).map(Some)
             }
         }
     }
@@ -1465,6 +1521,7 @@ impl Engine {
                 },
             )?;
         }
+        self.resume_transfers(peer)?;
         self.pump_outbox(Some(peer), now_ms)
     }
 
@@ -1530,6 +1587,12 @@ impl Engine {
             }
             Request::Envelope(env) => self.on_envelope(peer, &env, channel, now_ms),
             Request::Batch(items) => self.on_batch(peer, items, channel, now_ms),
+            Request::Chunk {
+                id,
+                index,
+                offset,
+                len,
+            } => self.on_chunk_request(peer, (id, index, offset, len), channel, now_ms),
         }
     }
 
@@ -1868,13 +1931,17 @@ impl Engine {
                 self.write(ops)?;
                 self.take_delivered(&contact.phone, &ids, now_ms)?;
             }
-            Payload::Attachment { .. } | Payload::Location { .. } => {
-                // The format exists (issue 6); storing and showing them does not yet, and this
-                // build never sends them. Taken (not counted as misbehaviour) and reported.
+            Payload::Attachment { manifest, n } => {
+                return self
+                    .take_attachment(peer, contact, id, sent_at_ms, manifest, n, ops, now_ms);
+            }
+            Payload::Location { .. } => {
+                // The format exists (issue 6); storing and showing it does not yet, and this
+                // build never sends one. Taken (not counted as misbehaviour) and reported.
                 ops.push(Op::MarkSeen(id));
                 self.write(ops)?;
                 self.problem(format!(
-                    "{} sent an attachment or a location, which this version cannot show yet",
+                    "{} sent a location, which this version cannot show yet",
                     contact.phone
                 ));
             }
@@ -2025,6 +2092,12 @@ impl Engine {
                     profile: view,
                 });
             }
+            (Pending::Chunk { id, index, offset }, Some(Response::Chunk(part))) => {
+                self.on_chunk_part(id, index, offset, Some(part))?
+            }
+            (Pending::Chunk { id, index, offset }, _) => {
+                self.on_chunk_part(id, index, offset, None)?
+            }
             (Pending::ContactRequest, _) | (Pending::Ephemeral, _) | (Pending::Profile, _) => {}
         }
         Ok(())
@@ -2034,8 +2107,10 @@ impl Engine {
         let Some((_, what)) = self.pending.remove(&tag) else {
             return Ok(());
         };
-        if let Pending::Items { ids } = what {
-            self.settle(peer, ids, &HashSet::new(), now_ms)?;
+        match what {
+            Pending::Items { ids } => self.settle(peer, ids, &HashSet::new(), now_ms)?,
+            Pending::Chunk { id, index, offset } => self.on_chunk_part(id, index, offset, None)?,
+            _ => {}
         }
         Ok(())
     }

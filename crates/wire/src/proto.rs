@@ -43,6 +43,15 @@ pub enum Request {
         #[serde(with = "crate::secret::serde_bytes_compat")]
         card: Vec<u8>,
     },
+    /// Part of a sealed chunk of an attachment the responder sent the requester: `len` bytes
+    /// (at most [`MAX_CHUNK_PART_BYTES`]) at `offset` of chunk `index` of message `id`'s
+    /// attachment. Answered with [`Response::Chunk`], or `NotNow`.
+    Chunk {
+        id: MsgId,
+        index: u32,
+        offset: u32,
+        len: u32,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,7 +72,13 @@ pub enum Response {
     Malformed,
     /// The responder speaks another protocol version.
     UnsupportedVersion { supported: u16 },
+    /// The part of a sealed attachment chunk a [`Request::Chunk`] asked for.
+    Chunk(#[serde(with = "crate::secret::serde_bytes_compat")] Vec<u8>),
 }
+
+/// Largest part of a sealed attachment chunk one [`Request::Chunk`] asks for (a frame must
+/// hold it).
+pub const MAX_CHUNK_PART_BYTES: usize = 192 * 1024;
 
 /// One message of a [`Request::Batch`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -297,6 +312,13 @@ impl Request {
                 len: items.len(),
                 max: MAX_BATCH_ITEMS,
             }),
+            Request::Chunk { len, .. } if *len as usize > MAX_CHUNK_PART_BYTES => {
+                Err(ProtoError::TooLarge {
+                    what: "chunk part",
+                    len: *len as usize,
+                    max: MAX_CHUNK_PART_BYTES,
+                })
+            }
             _ => Ok(r),
         }
     }
@@ -316,6 +338,13 @@ impl Response {
                 len: ids.len(),
                 max: MAX_BATCH_ITEMS,
             }),
+            Response::Chunk(part) if part.len() > MAX_CHUNK_PART_BYTES => {
+                Err(ProtoError::TooLarge {
+                    what: "chunk part",
+                    len: part.len(),
+                    max: MAX_CHUNK_PART_BYTES,
+                })
+            }
             _ => Ok(r),
         }
     }
@@ -490,6 +519,36 @@ mod tests {
             "the largest manifest fits one message: {} bytes",
             biggest.len()
         );
+    }
+
+    #[test]
+    fn chunk_parts_roundtrip_and_oversize_parts_are_refused() {
+        let r = Request::Chunk {
+            id: [1; 16],
+            index: 3,
+            offset: 0,
+            len: MAX_CHUNK_PART_BYTES as u32,
+        };
+        assert_eq!(Request::decode(&r.encode().unwrap()).unwrap(), r);
+        let a = Response::Chunk(vec![5; MAX_CHUNK_PART_BYTES]);
+        let frame = a.encode().unwrap();
+        assert!(frame.len() <= MAX_FRAME_BYTES);
+        assert_eq!(Response::decode(&frame).unwrap(), a);
+        let big = Request::Chunk {
+            id: [1; 16],
+            index: 0,
+            offset: 0,
+            len: MAX_CHUNK_PART_BYTES as u32 + 1,
+        };
+        assert!(matches!(
+            Request::decode(&big.encode().unwrap()),
+            Err(ProtoError::TooLarge { .. })
+        ));
+        let big = Response::Chunk(vec![0; MAX_CHUNK_PART_BYTES + 1]);
+        assert!(matches!(
+            Response::decode(&big.encode().unwrap()),
+            Err(ProtoError::TooLarge { .. })
+        ));
     }
 
     #[test]

@@ -48,6 +48,8 @@ fn engine_kind(e: &instaconnect_core::engine::Event) -> &'static str {
         E::UnsupportedVersion { .. } => "unsupported_version",
         E::Misbehaving { .. } => "misbehaving",
         E::Relay { .. } => "relay",
+        E::AttachmentProgress { .. } => "attachment_progress",
+        E::AttachmentReceived { .. } => "attachment_received",
         E::Problem { .. } => "problem",
     }
 }

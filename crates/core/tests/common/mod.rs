@@ -11,7 +11,7 @@ use instaconnect_core::phone::Phone;
 use instaconnect_core::relay::{Relay, RelayConfig, RelayOutput};
 use instaconnect_crypto::Identity;
 use instaconnect_store::relay::MemRelayStore;
-use instaconnect_store::{MemStore, Store};
+use instaconnect_store::{MemBlobs, MemStore, Store};
 use instaconnect_wire::mailbox::MailboxRequest;
 use instaconnect_wire::records::{DeliveryState, MessageRecord};
 
@@ -19,11 +19,15 @@ pub struct Node {
     pub engine: Engine,
     pub phone: String,
     pub events: Vec<Event>,
+    /// Where the node's attachments live.
+    pub blobs: Arc<MemBlobs>,
 }
 
 /// What the in-memory network does with the next request frames.
 #[derive(Clone, Copy, PartialEq)]
 pub enum Fault {
+    /// Deliver as usual (to place a fault after some requests).
+    Pass,
     /// Deliver nothing: the request fails.
     DropRequest,
     /// Deliver the request but lose the response.
@@ -78,10 +82,16 @@ impl Mesh {
         let nodes = people
             .iter()
             .enumerate()
-            .map(|(i, (phone, name))| Node {
-                engine: Engine::new(account(phone, name), [i as u8 + 1; 32]).unwrap(),
-                phone: phone.to_string(),
-                events: Vec::new(),
+            .map(|(i, (phone, name))| {
+                let blobs = Arc::new(MemBlobs::new());
+                Node {
+                    engine: Engine::new(account(phone, name), [i as u8 + 1; 32])
+                        .unwrap()
+                        .with_blobs(blobs.clone()),
+                    phone: phone.to_string(),
+                    events: Vec::new(),
+                    blobs,
+                }
             })
             .collect();
         Mesh {

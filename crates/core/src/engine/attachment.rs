@@ -1,0 +1,524 @@
+//! The engine's side of attachments (issue 6; PROTOCOL.md §1.9): sending one, fetching the
+//! chunks of one we received straight from its sender's device, and serving ours.
+//!
+//! - **Sending.** The shell copies the file into the blob store under a fresh message id and
+//!   seals it once ([`seal_attachment`], off the engine's thread) for its manifest; the
+//!   manifest then goes like a text (`Payload::Attachment`, numbered with the texts, through
+//!   the outbox with its retries and delivery states). The sender keeps the plaintext and
+//!   seals a chunk again whenever it is asked for (sealing is deterministic per key).
+//! - **Receiving.** The manifest is stored with the message; the chunks are asked for in parts
+//!   ([`Request::Chunk`], at most [`CHUNK_WINDOW`] parts in flight), each sealed chunk is checked
+//!   against its hash and tag before its plaintext goes to the blob store, and the record notes
+//!   which chunks are in. When the last is in, the whole file is checked against the manifest's
+//!   hash. A transfer that stops (the sender went away, or refused) resumes from the chunks it
+//!   is missing when the sender's device connects again, also after a restart.
+//! - **Serving.** Only to the device of the contact the attachment was sent to.
+//!
+//! Through relays (chunks in envelopes while the sender is away) is not built yet.
+
+use instaconnect_crypto::{
+    open_chunk, seal_chunk, AttachmentKey, AttachmentOpener, AttachmentSealer, Layout,
+    CHUNK_TAG_BYTES,
+};
+use instaconnect_store::Blobs;
+use instaconnect_wire::proto::{AttachmentKind, AttachmentManifest, MAX_CHUNK_PART_BYTES};
+use instaconnect_wire::records::AttachmentRecord;
+
+use super::*;
+
+/// Chunk parts asked for at once, per transfer.
+pub const CHUNK_WINDOW: usize = 8;
+/// Chunks that fail their check before a transfer is given up on (until the next connection).
+pub const MAX_BAD_CHUNKS: u32 = 3;
+
+/// What the user tells about a file to send, besides its bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttachmentMeta {
+    pub kind: AttachmentKind,
+    pub name: String,
+    pub mime: String,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub duration_ms: Option<u64>,
+    pub thumbnail: Option<Vec<u8>>,
+    pub caption: Option<String>,
+}
+
+/// Seals the file stored in `blobs` under `id` (read chunk by chunk) under a fresh key from
+/// `rng`, and returns its manifest. Costs one pass over the file: call it off the engine's
+/// thread for large files.
+pub fn seal_attachment<R: rand::RngCore + rand::CryptoRng>(
+    blobs: &dyn Blobs,
+    id: &[u8; 16],
+    meta: AttachmentMeta,
+    rng: &mut R,
+) -> Result<AttachmentManifest> {
+    let size = blobs.size(id)?.unwrap_or(0);
+    let mut sealer = AttachmentSealer::new(size, rng)?;
+    let layout = sealer.layout();
+    let mut index = 0;
+    while let Some(len) = sealer.next_len() {
+        let plain = blobs.read_at(id, layout.offset(index), len)?;
+        sealer.push(&plain)?;
+        index += 1;
+    }
+    let sealed = sealer.finish()?;
+    let manifest = AttachmentManifest {
+        kind: meta.kind,
+        name: meta.name,
+        mime: meta.mime,
+        size,
+        chunk_size: sealed.layout.chunk_size,
+        chunks: sealed.chunks,
+        key: SecretBytes::new(sealed.key.as_bytes().to_vec()),
+        plaintext_hash: sealed.plaintext_hash,
+        width: meta.width,
+        height: meta.height,
+        duration_ms: meta.duration_ms,
+        thumbnail: meta.thumbnail,
+        caption: meta.caption,
+    };
+    manifest
+        .check()
+        .map_err(|e| EngineError::Attachment(e.to_string()))?;
+    Ok(manifest)
+}
+
+/// An incoming attachment whose chunks are being fetched.
+pub(super) struct Transfer {
+    /// The sender's device.
+    peer: String,
+    /// Parts asked for and not answered: (chunk, offset).
+    asked: BTreeSet<(u32, u32)>,
+    /// Sealed chunks being put together: chunk -> (bytes, offsets received).
+    partial: BTreeMap<u32, (Vec<u8>, BTreeSet<u32>)>,
+    /// Chunks that failed their check.
+    bad: u32,
+    /// Refused or failed: waits for the sender's next connection.
+    paused: bool,
+}
+
+/// Attachments in flight.
+#[derive(Default)]
+pub(super) struct Transfers {
+    incoming: BTreeMap<[u8; 16], Transfer>,
+    /// The chunk sealed last for serving, (message id, chunk, sealed bytes): a chunk larger
+    /// than a part is asked for part by part.
+    sealed: Option<([u8; 16], u32, Vec<u8>)>,
+}
+
+impl Transfers {
+    /// The incomplete incoming attachments in `store`, to resume when their senders connect.
+    pub(super) fn load(store: &dyn Store) -> Result<Transfers> {
+        let mut t = Transfers::default();
+        for a in store.attachments()? {
+            if a.direction != Direction::Incoming || a.complete {
+                continue;
+            }
+            if let Some(peer) = store.contact(&a.peer)?.and_then(|c| c.peer_id) {
+                t.incoming.insert(a.id, Transfer::new(peer));
+            }
+        }
+        Ok(t)
+    }
+}
+
+impl Transfer {
+    fn new(peer: String) -> Transfer {
+        Transfer {
+            peer,
+            asked: BTreeSet::new(),
+            partial: BTreeMap::new(),
+            bad: 0,
+            paused: false,
+        }
+    }
+}
+
+fn layout_of(m: &AttachmentManifest) -> Result<Layout> {
+    Ok(Layout::new(m.size, m.chunk_size, m.chunks.len() as u32)?)
+}
+
+fn part_len(sealed_len: usize, offset: u32) -> usize {
+    (sealed_len - (offset as usize).min(sealed_len)).min(MAX_CHUNK_PART_BYTES)
+}
+
+impl Engine {
+    /// Sends the file stored in the blob store under `id`, sealed as `manifest`
+    /// ([`seal_attachment`]), to a contact. Returns the message id (hex).
+    pub(super) fn send_attachment(
+        &mut self,
+        to: &str,
+        id: [u8; 16],
+        manifest: AttachmentManifest,
+        now_ms: u64,
+    ) -> Result<String> {
+        manifest
+            .check()
+            .map_err(|e| EngineError::Attachment(e.to_string()))?;
+        layout_of(&manifest)?;
+        if self.blobs.size(&id)? != Some(manifest.size) {
+            return Err(EngineError::Attachment(
+                "its file is not in the attachment store".into(),
+            ));
+        }
+        let contact = self
+            .store
+            .contact(to)?
+            .ok_or_else(|| EngineError::UnknownContact(to.to_string()))?;
+        if self.is_blocked(to) {
+            return Err(EngineError::Blocked(to.to_string()));
+        }
+        let peer = contact
+            .peer_id
+            .clone()
+            .ok_or_else(|| EngineError::NotLinked(to.to_string()))?;
+        if self.store.message(&id)?.is_some() {
+            return Err(EngineError::Attachment("its message id is taken".into()));
+        }
+        let mut conv = self.store.conversation(to)?.unwrap_or(ConversationRecord {
+            peer: to.to_string(),
+            ..ConversationRecord::default()
+        });
+        let msg = MessageRecord {
+            id,
+            peer: to.to_string(),
+            seq: conv.next_seq,
+            direction: Direction::Outgoing,
+            text: manifest.caption.clone().unwrap_or_default(),
+            sent_at_ms: now_ms,
+            stored_at_ms: now_ms,
+            state: DeliveryState::Queued,
+        };
+        conv.next_seq += 1;
+        conv.sent_n += 1;
+        conv.last_activity_ms = now_ms;
+        let payload = Payload::Attachment {
+            manifest: manifest.clone(),
+            n: conv.sent_n,
+        }
+        .encode()?;
+        let entry = OutboxEntry {
+            id,
+            peer_id: peer.clone(),
+            payload: OutboxPayload::Payload(payload),
+            attempts: 0,
+            next_attempt_ms: now_ms,
+        };
+        let count = manifest.chunks.len();
+        let record = AttachmentRecord {
+            id,
+            peer: to.to_string(),
+            direction: Direction::Outgoing,
+            manifest,
+            have: vec![0xff; count.div_ceil(8)],
+            complete: true,
+        };
+        let order = msg.seq + 1;
+        self.write(vec![
+            Op::PutMessage(msg),
+            Op::PutConversation(conv),
+            Op::PutAttachment(record),
+            Op::PutOutbox(entry.clone()),
+        ])?;
+        self.outbox.insert(order, entry);
+        self.pump_outbox(Some(&peer), now_ms)?;
+        Ok(hex(&id))
+    }
+
+    /// A manifest arrived from `peer` (the contact `contact`): stores the message and its
+    /// attachment record, and starts fetching. False if the manifest is malformed.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn take_attachment(
+        &mut self,
+        peer: &str,
+        contact: &ContactRecord,
+        id: [u8; 16],
+        sent_at_ms: u64,
+        manifest: AttachmentManifest,
+        n: u64,
+        ops: Vec<Op>,
+        now_ms: u64,
+    ) -> Result<bool> {
+        if layout_of(&manifest).is_err() || manifest.check().is_err() {
+            return Ok(false);
+        }
+        let mut ops = ops;
+        let message = MessageRecord {
+            id,
+            peer: contact.phone.clone(),
+            seq: 0,
+            direction: Direction::Incoming,
+            text: manifest.caption.clone().unwrap_or_default(),
+            sent_at_ms,
+            stored_at_ms: now_ms,
+            state: DeliveryState::Delivered,
+        };
+        ops.push(Op::PutAttachment(AttachmentRecord {
+            id,
+            peer: contact.phone.clone(),
+            direction: Direction::Incoming,
+            manifest,
+            have: Vec::new(),
+            complete: false,
+        }));
+        self.receive_text(message, n, ops, now_ms)?;
+        self.transfers
+            .incoming
+            .insert(id, Transfer::new(peer.to_string()));
+        self.pump_transfer(&id)?;
+        Ok(true)
+    }
+
+    /// Asks for the next parts of an incoming attachment, within the window.
+    fn pump_transfer(&mut self, id: &[u8; 16]) -> Result<()> {
+        let Some(t) = self.transfers.incoming.get(id) else {
+            return Ok(());
+        };
+        let peer = t.peer.clone();
+        if t.paused || !self.peers.get(&peer).is_some_and(|p| p.view.connected) {
+            return Ok(());
+        }
+        let Some(record) = self.store.attachment(id)? else {
+            self.transfers.incoming.remove(id);
+            return Ok(());
+        };
+        let layout = layout_of(&record.manifest)?;
+        let mut asks = Vec::new();
+        let t = self.transfers.incoming.get(id).expect("checked above");
+        let mut room = CHUNK_WINDOW.saturating_sub(t.asked.len());
+        'chunks: for index in 0..layout.count {
+            if room == 0 {
+                break;
+            }
+            if record.has(index as usize) {
+                continue;
+            }
+            let sealed_len = layout.chunk_len(index).unwrap_or(0) + CHUNK_TAG_BYTES;
+            let got = t.partial.get(&index).map(|(_, got)| got);
+            let mut offset = 0u32;
+            while (offset as usize) < sealed_len {
+                let wanted = !t.asked.contains(&(index, offset))
+                    && !got.is_some_and(|g| g.contains(&offset));
+                if wanted {
+                    asks.push((index, offset, part_len(sealed_len, offset) as u32));
+                    room -= 1;
+                    if room == 0 {
+                        break 'chunks;
+                    }
+                }
+                offset += MAX_CHUNK_PART_BYTES as u32;
+            }
+        }
+        for (index, offset, len) in asks {
+            let frame = Request::Chunk {
+                id: *id,
+                index,
+                offset,
+                len,
+            }
+            .encode()?;
+            let tag = self.tag();
+            self.pending.insert(
+                tag,
+                (
+                    peer.clone(),
+                    Pending::Chunk {
+                        id: *id,
+                        index,
+                        offset,
+                    },
+                ),
+            );
+            if let Some(t) = self.transfers.incoming.get_mut(id) {
+                t.asked.insert((index, offset));
+            }
+            self.staged.push(Output::Request {
+                peer: peer.clone(),
+                tag,
+                frame,
+            });
+        }
+        Ok(())
+    }
+
+    /// The sender's device connected: resumes what we were fetching from it.
+    pub(super) fn resume_transfers(&mut self, peer: &str) -> Result<()> {
+        let ids: Vec<[u8; 16]> = self
+            .transfers
+            .incoming
+            .iter_mut()
+            .filter(|(_, t)| t.peer == peer)
+            .map(|(id, t)| {
+                t.paused = false;
+                t.bad = 0;
+                t.asked.clear();
+                *id
+            })
+            .collect();
+        for id in ids {
+            self.pump_transfer(&id)?;
+        }
+        Ok(())
+    }
+
+    /// A part came back (`None`: refused, failed or malformed).
+    pub(super) fn on_chunk_part(
+        &mut self,
+        id: [u8; 16],
+        index: u32,
+        offset: u32,
+        part: Option<Vec<u8>>,
+    ) -> Result<()> {
+        let Some(t) = self.transfers.incoming.get_mut(&id) else {
+            return Ok(());
+        };
+        t.asked.remove(&(index, offset));
+        let Some(part) = part else {
+            t.paused = true;
+            return Ok(());
+        };
+        let Some(mut record) = self.store.attachment(&id)? else {
+            self.transfers.incoming.remove(&id);
+            return Ok(());
+        };
+        let layout = layout_of(&record.manifest)?;
+        let Some(plain_len) = layout.chunk_len(index) else {
+            return Ok(());
+        };
+        let sealed_len = plain_len + CHUNK_TAG_BYTES;
+        if record.has(index as usize) || part.len() != part_len(sealed_len, offset) {
+            return self.pump_transfer(&id);
+        }
+        let t = self.transfers.incoming.get_mut(&id).expect("checked above");
+        let (buf, got) = t
+            .partial
+            .entry(index)
+            .or_insert_with(|| (vec![0; sealed_len], BTreeSet::new()));
+        let at = offset as usize;
+        buf[at..at + part.len()].copy_from_slice(&part);
+        got.insert(offset);
+        if got.len() < sealed_len.div_ceil(MAX_CHUNK_PART_BYTES) {
+            return self.pump_transfer(&id);
+        }
+        let (sealed, _) = t.partial.remove(&index).expect("just filled");
+        let key = AttachmentKey::from_bytes(record.manifest.key.expose())?;
+        let hash = record.manifest.chunks[index as usize];
+        let plain = match open_chunk(&key, &layout, index, &hash, &sealed) {
+            Ok(p) => p,
+            Err(_) => {
+                t.bad += 1;
+                if t.bad >= MAX_BAD_CHUNKS {
+                    t.paused = true;
+                    self.problem(format!(
+                        "an attachment from {} keeps arriving damaged; trying again when its sender reconnects",
+                        record.peer
+                    ));
+                }
+                return self.pump_transfer(&id);
+            }
+        };
+        self.blobs.write_at(&id, layout.offset(index), &plain)?;
+        record.set(index as usize);
+        let stored = record.stored();
+        let total = layout.count as usize;
+        if stored == total {
+            return self.finish_transfer(record);
+        }
+        self.event(Event::AttachmentProgress {
+            from: record.peer.clone(),
+            id: hex(&id),
+            stored: stored as u32,
+            total: total as u32,
+        });
+        self.write(vec![Op::PutAttachment(record)])?;
+        self.pump_transfer(&id)
+    }
+
+    /// Every chunk is in: checks the whole file, or starts over if it does not match (a chunk
+    /// recorded before its bytes reached the disk, in a crash).
+    fn finish_transfer(&mut self, mut record: AttachmentRecord) -> Result<()> {
+        let id = record.id;
+        let layout = layout_of(&record.manifest)?;
+        self.blobs.sync(&id)?;
+        let mut check = AttachmentOpener::new(record.manifest.plaintext_hash);
+        for index in 0..layout.count {
+            let len = layout.chunk_len(index).unwrap_or(0);
+            check.update(&self.blobs.read_at(&id, layout.offset(index), len)?);
+        }
+        self.transfers.incoming.remove(&id);
+        if check.finish().is_err() {
+            record.have.clear();
+            self.problem(format!(
+                "an attachment from {} did not match its sender's file; fetching it again",
+                record.peer
+            ));
+            let peer = self
+                .store
+                .contact(&record.peer)?
+                .and_then(|c| c.peer_id)
+                .unwrap_or_default();
+            self.write(vec![Op::PutAttachment(record)])?;
+            self.transfers.incoming.insert(id, Transfer::new(peer));
+            return self.pump_transfer(&id);
+        }
+        record.complete = true;
+        self.event(Event::AttachmentReceived {
+            from: record.peer.clone(),
+            id: hex(&id),
+            name: record.manifest.name.clone(),
+            size: record.manifest.size,
+        });
+        self.write(vec![Op::PutAttachment(record)])
+    }
+
+    /// `peer` asks for `len` bytes at `offset` of chunk `index` of the attachment of message
+    /// `id`, which we sent.
+    pub(super) fn on_chunk_request(
+        &mut self,
+        peer: &str,
+        (id, index, offset, len): ([u8; 16], u32, u32, u32),
+        channel: u64,
+        now_ms: u64,
+    ) -> Result<()> {
+        let record = self.store.attachment(&id)?;
+        let allowed = record.as_ref().is_some_and(|r| {
+            r.direction == Direction::Outgoing
+                && self
+                    .contact_by_peer(peer)
+                    .is_some_and(|c| c.phone == r.peer && !self.is_blocked(&c.phone))
+        });
+        let Some(record) = record.filter(|_| allowed) else {
+            return self.respond(channel, Response::NotNow);
+        };
+        let layout = layout_of(&record.manifest)?;
+        let Some(plain_len) = layout.chunk_len(index) else {
+            return self.bad_frame(peer, channel, now_ms);
+        };
+        let sealed_len = plain_len + CHUNK_TAG_BYTES;
+        if len as usize != part_len(sealed_len, offset) || offset as usize >= sealed_len {
+            return self.bad_frame(peer, channel, now_ms);
+        }
+        let cached = matches!(&self.transfers.sealed, Some((i, c, _)) if *i == id && *c == index);
+        if !cached {
+            let plain = match self.blobs.read_at(&id, layout.offset(index), plain_len) {
+                Ok(p) => p,
+                Err(e) => {
+                    self.problem(format!("an attachment asked for cannot be read: {e}"));
+                    return self.respond(channel, Response::NotNow);
+                }
+            };
+            let key = AttachmentKey::from_bytes(record.manifest.key.expose())?;
+            let sealed = seal_chunk(&key, &layout, index, &plain)?;
+            self.transfers.sealed = Some((id, index, sealed));
+        }
+        let Some((_, _, sealed)) = &self.transfers.sealed else {
+            return self.respond(channel, Response::NotNow);
+        };
+        let at = offset as usize;
+        let part = sealed[at..at + len as usize].to_vec();
+        // It acknowledges nothing stored: no need to wait for a flush.
+        self.unacking.insert(channel);
+        self.respond(channel, Response::Chunk(part))
+    }
+}
