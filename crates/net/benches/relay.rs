@@ -330,6 +330,9 @@ impl Drop for RelayProc {
 
 // ----- relay phases -----------------------------------------------------------------------------
 
+/// A deposited item as its receipt must name it: (mailbox, envelope hash).
+type Sent = ([u8; 32], [u8; 32]);
+
 /// How deposits go: `batch` envelopes a request, `window` requests in flight.
 #[derive(Clone, Copy)]
 struct Depositing {
@@ -349,7 +352,7 @@ async fn deposit_n(
     let hashes: Vec<[u8; 32]> = pool.iter().map(|e| envelope_hash(e)).collect();
     let mut seqs = Vec::with_capacity(n);
     // Request -> (mailbox, envelope hash) of each item, for its receipt.
-    let mut in_flight: HashMap<RequestId, Vec<([u8; 32], [u8; 32])>> = HashMap::new();
+    let mut in_flight: HashMap<RequestId, Vec<Sent>> = HashMap::new();
     let mut sent = 0;
     while seqs.len() < n {
         while sent < n && in_flight.len() < how.window {
