@@ -403,6 +403,18 @@ fn receipt_json(relay: &str, r: &Receipt) -> Value {
         Receipted::Deleted { mailbox, seqs } => {
             ("deleted", json!({"mailbox": hex(mailbox), "seqs": seqs}))
         }
+        Receipted::DepositedBatch { items } => (
+            "deposited_batch",
+            json!({"items": items.iter().map(|i| json!({"mailbox": hex(&i.mailbox), "seq": i.seq})).collect::<Vec<_>>()}),
+        ),
+        Receipted::DeletedRange {
+            mailbox,
+            after,
+            through,
+        } => (
+            "deleted_range",
+            json!({"mailbox": hex(mailbox), "after": after, "through": through}),
+        ),
     };
     json!({
         "relay": relay,

@@ -14,14 +14,15 @@ use std::sync::Arc;
 use instaconnect_crypto::{
     deletion_hash, envelope_hash, sign_receipt, verify_owner, Identity, IdentityKey,
 };
-use instaconnect_store::relay::MailboxId;
+use instaconnect_store::relay::{MailboxId, EXPIRY_BUCKET_MS};
 use instaconnect_store::{RelayOp, RelayStore, StoreError};
 use instaconnect_wire::mailbox::{
-    MailboxRequest, MailboxResponse, OwnerAuth, OwnerOp, Receipted, Refusal, StoredEnvelope,
-    MAX_BATCH, MAX_ENVELOPE_BYTES, MAX_MAILBOX_FRAME_BYTES,
+    DepositItem, DepositedItem, MailboxRequest, MailboxResponse, OwnerAuth, OwnerOp, Receipted,
+    Refusal, RefusedItem, StoredEnvelope, MAX_BATCH, MAX_ENVELOPE_BYTES, MAX_MAILBOX_FRAME_BYTES,
+    MAX_PAGE_ITEMS,
 };
 use instaconnect_wire::proto::ProtoError;
-use instaconnect_wire::records::{MailboxRecord, RelayEnvelope};
+use instaconnect_wire::records::{MailboxRecord, RelayEnvelope, RelayEnvelopeMeta};
 
 /// Clients whose rate-limit buckets are kept; the longest idle is forgotten beyond it.
 pub const MAX_CLIENTS: usize = 65_536;
@@ -140,11 +141,18 @@ impl Bucket {
 
     /// Takes one token if there is one (after refilling for the time since the last take).
     pub fn take(&mut self, now_ms: u64, burst: u32, rate_per_second: u32) -> bool {
+        self.take_n(now_ms, 1, burst, rate_per_second)
+    }
+
+    /// Takes `n` tokens (at most `burst`, so a large batch can pass a full bucket) if there
+    /// are that many.
+    pub fn take_n(&mut self, now_ms: u64, n: u32, burst: u32, rate_per_second: u32) -> bool {
         let elapsed = now_ms.saturating_sub(self.at_ms) as f64 / 1000.0;
         self.tokens = (self.tokens + elapsed * f64::from(rate_per_second)).min(f64::from(burst));
         self.at_ms = now_ms;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        let n = f64::from(n.clamp(1, burst.max(1)));
+        if self.tokens >= n {
+            self.tokens -= n;
             true
         } else {
             false
@@ -275,30 +283,68 @@ impl Relay {
         self.ready.pop_front()
     }
 
-    /// When [`Relay::handle_timeout`] should run next (expiry).
+    /// When [`Relay::handle_timeout`] should run next (expiry): once the oldest expiry mark's
+    /// whole second is past the TTL.
     pub fn poll_timeout(&self, now_ms: u64) -> u64 {
-        match self.store.deposited_before(u64::MAX, 1) {
-            Ok(oldest) if !oldest.is_empty() => {
-                let (m, s) = oldest[0];
-                match self.store.envelope(&m, s) {
-                    Ok(Some(e)) => (e.deposited_at_ms + self.config.ttl_ms).max(now_ms),
-                    _ => now_ms + EXPIRY_INTERVAL_MS,
-                }
-            }
+        match self.store.expiry_marks(1) {
+            Ok(marks) if !marks.is_empty() => (marks[0].0 + EXPIRY_BUCKET_MS - 1)
+                .saturating_add(self.config.ttl_ms)
+                .max(now_ms),
             _ => now_ms + EXPIRY_INTERVAL_MS,
         }
     }
 
-    /// Removes envelopes older than the TTL (a batch at a time). Returns how many.
+    /// Removes envelopes older than the TTL (at most [`EXPIRY_BATCH`] a call). Returns how
+    /// many.
+    ///
+    /// Expiry marks say which mailboxes took deposits in which second. For each mailbox with a
+    /// mark whose second has expired, its envelopes are read oldest first and removed while
+    /// they are expired; its due marks go once an unexpired envelope (or none) is reached. An
+    /// envelope is so removed at most [`EXPIRY_BUCKET_MS`] late (later only if the relay's
+    /// clock went back between deposits into one mailbox).
     pub fn handle_timeout(&mut self, now_ms: u64) -> Result<usize, RelayError> {
-        // Expired: deposited at or before now - ttl.
-        let before = now_ms.saturating_sub(self.config.ttl_ms).saturating_add(1);
-        let due = self.store.deposited_before(before, EXPIRY_BATCH)?;
-        let n = due.len();
-        self.remove_envelopes(&due)?;
+        // Expired: deposited at or before `cutoff`.
+        let Some(cutoff) = now_ms.checked_sub(self.config.ttl_ms) else {
+            return Ok(0);
+        };
+        let due: Vec<(u64, MailboxId)> = self
+            .store
+            .expiry_marks(EXPIRY_BATCH)?
+            .into_iter()
+            .take_while(|(b, _)| b + EXPIRY_BUCKET_MS - 1 <= cutoff)
+            .collect();
+        let mut mailboxes: Vec<MailboxId> = due.iter().map(|(_, m)| *m).collect();
+        mailboxes.sort_unstable();
+        mailboxes.dedup();
+        let mut removed = 0;
+        let mut done = BTreeSet::new();
+        for m in mailboxes {
+            let budget = EXPIRY_BATCH - removed;
+            if budget == 0 {
+                break;
+            }
+            let metas = self.store.envelope_metas(&m, 0, u64::MAX, budget)?;
+            let expired: Vec<(MailboxId, u64, RelayEnvelopeMeta)> = metas
+                .iter()
+                .take_while(|(_, e)| e.deposited_at_ms <= cutoff)
+                .map(|(s, e)| (m, *s, *e))
+                .collect();
+            if expired.len() < budget {
+                // Reached an unexpired envelope, or the end: this mailbox is done.
+                done.insert(m);
+            }
+            removed += expired.len();
+            self.remove_envelopes(&expired)?;
+        }
+        let marks: Vec<RelayOp> = due
+            .into_iter()
+            .filter(|(_, m)| done.contains(m))
+            .map(|(bucket_ms, mailbox)| RelayOp::RemoveExpiryMark { bucket_ms, mailbox })
+            .collect();
+        self.store.apply_deferred(marks)?;
         self.store.flush()?;
-        self.metrics.expired += n as u64;
-        Ok(n)
+        self.metrics.expired += removed as u64;
+        Ok(removed)
     }
 
     /// A client went away: its subscriptions end.
@@ -342,7 +388,7 @@ impl Relay {
         self.staged.push(RelayOutput::Respond { channel, frame });
     }
 
-    fn rate_ok(&mut self, now_ms: u64, client: &str) -> bool {
+    fn rate_ok(&mut self, now_ms: u64, client: &str, cost: u32) -> bool {
         if !self.buckets.contains_key(client) && self.buckets.len() >= MAX_CLIENTS {
             if let Some(idle) = self
                 .buckets
@@ -357,7 +403,7 @@ impl Relay {
         self.buckets
             .entry(client.to_string())
             .or_insert_with(|| Bucket::full(burst, now_ms))
-            .take(now_ms, burst, rate)
+            .take_n(now_ms, cost, burst, rate)
     }
 
     /// Checks an owner request: signature, freshness, nonce. Records the nonce if it passes.
@@ -398,9 +444,6 @@ impl Relay {
         client: &str,
         frame: &[u8],
     ) -> Result<MailboxResponse, RelayError> {
-        if !self.rate_ok(now_ms, client) {
-            return Ok(MailboxResponse::Refused(Refusal::RateLimited));
-        }
         let req = match MailboxRequest::decode(frame) {
             Ok(r) => r,
             Err(ProtoError::UnsupportedVersion(_)) => {
@@ -413,6 +456,14 @@ impl Relay {
             }
             Err(_) => return Ok(MailboxResponse::Malformed),
         };
+        // A batch costs what its deposits one by one would.
+        let cost = match &req {
+            MailboxRequest::DepositBatch { items } => items.len().max(1) as u32,
+            _ => 1,
+        };
+        if !self.rate_ok(now_ms, client, cost) {
+            return Ok(MailboxResponse::Refused(Refusal::RateLimited));
+        }
         for (mailbox, op, auth) in req.owner_parts() {
             if let Err(r) = self.owner_ok(now_ms, mailbox, op, auth) {
                 return Ok(MailboxResponse::Refused(r));
@@ -430,8 +481,21 @@ impl Relay {
                 after,
                 limit,
                 ..
-            } => self.fetch(mailbox, after, limit),
+            } => self.fetch_page(mailbox, after, limit, MAX_BATCH),
             MailboxRequest::Delete { mailbox, seqs, .. } => self.delete(now_ms, mailbox, seqs),
+            MailboxRequest::DepositBatch { items } => self.deposit_batch(now_ms, items),
+            MailboxRequest::FetchPage {
+                mailbox,
+                after,
+                limit,
+                ..
+            } => self.fetch_page(mailbox, after, limit, MAX_PAGE_ITEMS),
+            MailboxRequest::DeleteRange {
+                mailbox,
+                after,
+                through,
+                ..
+            } => self.delete_range(now_ms, mailbox, after, through),
             MailboxRequest::Purge { secrets } => self.purge(now_ms, &secrets),
             MailboxRequest::PurgeMailbox { mailbox, .. } => self.purge_mailbox(now_ms, mailbox),
             MailboxRequest::Subscribe { mailboxes } => {
@@ -530,15 +594,7 @@ impl Relay {
             RelayOp::PutTotals(totals),
         ])?;
         self.metrics.deposits += 1;
-        if let Some(subs) = self.subscribers.get(&mailbox) {
-            let frame = MailboxRequest::Notify { mailbox }.encode()?;
-            for client in subs {
-                self.staged.push(RelayOutput::Notify {
-                    client: client.clone(),
-                    frame: frame.clone(),
-                });
-            }
-        }
+        self.notify(mailbox)?;
         self.receipt(
             now_ms,
             Receipted::Deposited {
@@ -549,16 +605,18 @@ impl Relay {
         )
     }
 
-    fn fetch(
+    /// Up to `limit` (at most `max`) envelopes after `after`, within the frame budget.
+    fn fetch_page(
         &mut self,
         mailbox: MailboxId,
         after: u64,
         limit: u32,
+        max: usize,
     ) -> Result<MailboxResponse, RelayError> {
         if self.store.mailbox(&mailbox)?.is_none() {
             return Ok(MailboxResponse::Refused(Refusal::UnknownMailbox));
         }
-        let want = (limit as usize).clamp(1, MAX_BATCH);
+        let want = (limit as usize).clamp(1, max);
         let found = self.store.envelopes(&mailbox, after, want + 1)?;
         let mut more = found.len() > want;
         let mut items = Vec::new();
@@ -579,17 +637,32 @@ impl Relay {
         Ok(MailboxResponse::Envelopes { items, more })
     }
 
-    /// Removes envelopes (and their counts) in one deferred batch.
-    fn remove_envelopes(&mut self, which: &[(MailboxId, u64)]) -> Result<Vec<u64>, RelayError> {
-        let mut ops = Vec::new();
+    /// The header of envelope `seq` of mailbox `m`, if it is held.
+    fn meta(&self, m: &MailboxId, seq: u64) -> Result<Option<RelayEnvelopeMeta>, RelayError> {
+        let Some(after) = seq.checked_sub(1) else {
+            return Ok(None);
+        };
+        Ok(self
+            .store
+            .envelope_metas(m, after, seq, 1)?
+            .pop()
+            .map(|(_, e)| e))
+    }
+
+    /// Removes envelopes (read once, with [`RelayStore::envelope_metas`]) and their counts in
+    /// one deferred batch.
+    fn remove_envelopes(
+        &mut self,
+        which: &[(MailboxId, u64, RelayEnvelopeMeta)],
+    ) -> Result<(), RelayError> {
+        if which.is_empty() {
+            return Ok(());
+        }
+        let mut ops = Vec::with_capacity(which.len() + 2);
         let mut mailboxes: BTreeMap<MailboxId, MailboxRecord> = BTreeMap::new();
         let mut totals = self.store.totals()?;
-        let mut removed = Vec::new();
-        for &(m, seq) in which {
-            let Some(e) = self.store.envelope(&m, seq)? else {
-                continue;
-            };
-            let len = e.envelope.len() as u64;
+        for &(m, seq, e) in which {
+            let len = e.len;
             // An envelope whose mailbox record is gone is still removed (and counted out).
             let rec = match mailboxes.entry(m) {
                 std::collections::btree_map::Entry::Occupied(o) => Some(o.into_mut()),
@@ -603,15 +676,18 @@ impl Relay {
             }
             totals.envelopes = totals.envelopes.saturating_sub(1);
             totals.bytes = totals.bytes.saturating_sub(len);
-            ops.push(RelayOp::RemoveEnvelope { mailbox: m, seq });
-            removed.push(seq);
+            ops.push(RelayOp::RemoveEnvelope {
+                mailbox: m,
+                seq,
+                deletion_hash: e.deletion_hash,
+            });
         }
         for (m, rec) in mailboxes {
             ops.push(RelayOp::PutMailbox(m, rec));
         }
         ops.push(RelayOp::PutTotals(totals));
         self.store.apply_deferred(ops)?;
-        Ok(removed)
+        Ok(())
     }
 
     fn delete(
@@ -623,11 +699,158 @@ impl Relay {
         if self.store.mailbox(&mailbox)?.is_none() {
             return Ok(MailboxResponse::Refused(Refusal::UnknownMailbox));
         }
-        let which: Vec<(MailboxId, u64)> = seqs.iter().map(|s| (mailbox, *s)).collect();
+        let mut which = Vec::with_capacity(seqs.len());
+        for &s in &seqs {
+            if let Some(e) = self.meta(&mailbox, s)? {
+                which.push((mailbox, s, e));
+            }
+        }
         self.remove_envelopes(&which)?;
         self.metrics.deletes += 1;
         // The receipt names everything asked for: it is not held any more either way.
         self.receipt(now_ms, Receipted::Deleted { mailbox, seqs })
+    }
+
+    fn delete_range(
+        &mut self,
+        now_ms: u64,
+        mailbox: MailboxId,
+        after: u64,
+        through: u64,
+    ) -> Result<MailboxResponse, RelayError> {
+        if self.store.mailbox(&mailbox)?.is_none() {
+            return Ok(MailboxResponse::Refused(Refusal::UnknownMailbox));
+        }
+        // The span is at most MAX_DELETE_SPAN (checked when decoding), so this is bounded.
+        let which: Vec<(MailboxId, u64, RelayEnvelopeMeta)> = self
+            .store
+            .envelope_metas(&mailbox, after, through, usize::MAX)?
+            .into_iter()
+            .map(|(s, e)| (mailbox, s, e))
+            .collect();
+        self.remove_envelopes(&which)?;
+        self.metrics.deletes += 1;
+        self.receipt(
+            now_ms,
+            Receipted::DeletedRange {
+                mailbox,
+                after,
+                through,
+            },
+        )
+    }
+
+    /// Stores what it can of a batch, under one deferred write and one signed receipt.
+    fn deposit_batch(
+        &mut self,
+        now_ms: u64,
+        items: Vec<DepositItem>,
+    ) -> Result<MailboxResponse, RelayError> {
+        if items.is_empty() {
+            return Ok(MailboxResponse::Malformed);
+        }
+        let mut totals = self.store.totals()?;
+        // Mailboxes as read (None: unknown), and whether this batch stored anything in them.
+        let mut boxes: BTreeMap<MailboxId, (Option<MailboxRecord>, bool)> = BTreeMap::new();
+        let mut ops = Vec::with_capacity(items.len() + 4);
+        let mut stored = Vec::with_capacity(items.len());
+        let mut refused = Vec::new();
+        for (i, item) in items.into_iter().enumerate() {
+            let index = i as u32;
+            let len = item.envelope.len() as u64;
+            let why = if item.envelope.len() > self.config.max_envelope_bytes
+                || item.envelope.is_empty()
+            {
+                Some(Refusal::TooLarge)
+            } else {
+                let entry = match boxes.entry(item.mailbox) {
+                    std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+                    std::collections::btree_map::Entry::Vacant(v) => {
+                        v.insert((self.store.mailbox(&item.mailbox)?, false))
+                    }
+                };
+                match &mut entry.0 {
+                    None => Some(Refusal::UnknownMailbox),
+                    Some(m)
+                        if m.count + 1 > self.config.mailbox_max_envelopes
+                            || m.bytes + len > self.config.mailbox_max_bytes =>
+                    {
+                        Some(Refusal::MailboxFull)
+                    }
+                    Some(_) if totals.bytes + len > self.config.total_max_bytes => {
+                        Some(Refusal::DiskFull)
+                    }
+                    Some(m) => {
+                        let seq = m.next_seq.max(1);
+                        m.next_seq = seq + 1;
+                        m.count += 1;
+                        m.bytes += len;
+                        entry.1 = true;
+                        totals.envelopes += 1;
+                        totals.bytes += len;
+                        stored.push(DepositedItem {
+                            index,
+                            mailbox: item.mailbox,
+                            seq,
+                            envelope_hash: envelope_hash(&item.envelope),
+                        });
+                        ops.push(RelayOp::PutEnvelope {
+                            mailbox: item.mailbox,
+                            seq,
+                            envelope: RelayEnvelope {
+                                deposited_at_ms: now_ms,
+                                deletion_hash: item.deletion_hash,
+                                envelope: item.envelope,
+                            },
+                        });
+                        None
+                    }
+                }
+            };
+            if let Some(why) = why {
+                *self
+                    .metrics
+                    .rejections
+                    .entry(refusal_name(why))
+                    .or_default() += 1;
+                refused.push(RefusedItem { index, why });
+            }
+        }
+        if !stored.is_empty() {
+            let mut touched = Vec::new();
+            for (id, (rec, used)) in boxes {
+                if let (Some(rec), true) = (rec, used) {
+                    ops.push(RelayOp::PutMailbox(id, rec));
+                    touched.push(id);
+                }
+            }
+            ops.push(RelayOp::PutTotals(totals));
+            self.store.apply_deferred(ops)?;
+            self.metrics.deposits += stored.len() as u64;
+            for mailbox in touched {
+                self.notify(mailbox)?;
+            }
+        }
+        let receipt = sign_receipt(
+            &self.identity,
+            now_ms,
+            Receipted::DepositedBatch { items: stored },
+        )?;
+        Ok(MailboxResponse::Deposits { receipt, refused })
+    }
+
+    /// Tells the mailbox's subscribers that something new waits there (after the flush).
+    fn notify(&mut self, mailbox: MailboxId) -> Result<(), RelayError> {
+        if let Some(subs) = self.subscribers.get(&mailbox) {
+            let frame = MailboxRequest::Notify { mailbox }.encode()?;
+            for client in subs {
+                self.staged.push(RelayOutput::Notify {
+                    client: client.clone(),
+                    frame: frame.clone(),
+                });
+            }
+        }
+        Ok(())
     }
 
     fn purge(&mut self, now_ms: u64, secrets: &[[u8; 32]]) -> Result<MailboxResponse, RelayError> {
@@ -635,7 +858,11 @@ impl Relay {
         let mut hashes = Vec::new();
         for s in secrets {
             let h = deletion_hash(s);
-            which.extend(self.store.by_deletion_hash(&h)?);
+            for (m, seq) in self.store.by_deletion_hash(&h)? {
+                if let Some(e) = self.meta(&m, seq)?.filter(|e| e.deletion_hash == h) {
+                    which.push((m, seq, e));
+                }
+            }
             hashes.push(h);
         }
         self.remove_envelopes(&which)?;
@@ -655,11 +882,11 @@ impl Relay {
     ) -> Result<MailboxResponse, RelayError> {
         if self.store.mailbox(&mailbox)?.is_some() {
             loop {
-                let batch: Vec<(MailboxId, u64)> = self
+                let batch: Vec<(MailboxId, u64, RelayEnvelopeMeta)> = self
                     .store
-                    .envelopes(&mailbox, 0, EXPIRY_BATCH)?
+                    .envelope_metas(&mailbox, 0, u64::MAX, EXPIRY_BATCH)?
                     .into_iter()
-                    .map(|(s, _)| (mailbox, s))
+                    .map(|(s, e)| (mailbox, s, e))
                     .collect();
                 if batch.is_empty() {
                     break;
@@ -713,18 +940,23 @@ mod tests {
         ) -> instaconnect_store::Result<Option<RelayEnvelope>> {
             self.inner.envelope(id, seq)
         }
+        fn envelope_metas(
+            &self,
+            id: &MailboxId,
+            after: u64,
+            through: u64,
+            limit: usize,
+        ) -> instaconnect_store::Result<Vec<(u64, RelayEnvelopeMeta)>> {
+            self.inner.envelope_metas(id, after, through, limit)
+        }
         fn by_deletion_hash(
             &self,
             hash: &[u8; 32],
         ) -> instaconnect_store::Result<Vec<(MailboxId, u64)>> {
             self.inner.by_deletion_hash(hash)
         }
-        fn deposited_before(
-            &self,
-            before_ms: u64,
-            limit: usize,
-        ) -> instaconnect_store::Result<Vec<(MailboxId, u64)>> {
-            self.inner.deposited_before(before_ms, limit)
+        fn expiry_marks(&self, limit: usize) -> instaconnect_store::Result<Vec<(u64, MailboxId)>> {
+            self.inner.expiry_marks(limit)
         }
         fn totals(&self) -> instaconnect_store::Result<instaconnect_wire::records::RelayTotals> {
             self.inner.totals()

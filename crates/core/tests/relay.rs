@@ -6,10 +6,13 @@
 use std::sync::Arc;
 
 use instaconnect_core::relay::{Relay, RelayConfig, RelayOutput};
-use instaconnect_crypto::{deletion_hash, verify_receipt, Identity, MailboxKey};
+use instaconnect_crypto::{
+    check_batch_receipt, deletion_hash, envelope_hash, verify_receipt, Identity, MailboxKey,
+};
 use instaconnect_store::{MemRelayStore, RelayStore};
 use instaconnect_wire::mailbox::{
-    MailboxRequest, MailboxResponse, OwnerOp, Receipted, Refusal, StoredEnvelope,
+    DepositItem, MailboxRequest, MailboxResponse, OwnerOp, Receipted, Refusal, RefusedItem,
+    StoredEnvelope,
 };
 use proptest::prelude::*;
 
@@ -328,9 +331,13 @@ fn envelopes_expire_after_the_ttl() {
     b.deposit(&key, b"old", [1; 32]);
     b.now += 30_000;
     b.deposit(&key, b"newer", [2; 32]);
-    assert_eq!(b.relay.poll_timeout(b.now), T0 + 60_000);
+    // Expiry goes by the second of deposit: at most a second late, never early.
+    assert_eq!(b.relay.poll_timeout(b.now), T0 + 60_999);
     b.now = T0 + 60_000;
+    assert_eq!(b.relay.handle_timeout(b.now).unwrap(), 0);
+    b.now = T0 + 60_999;
     assert_eq!(b.relay.handle_timeout(b.now).unwrap(), 1);
+    assert_eq!(b.relay.poll_timeout(b.now), T0 + 30_000 + 60_999);
     let left = b.fetch(&key);
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].envelope, b"newer");
@@ -340,6 +347,246 @@ fn envelopes_expire_after_the_ttl() {
         .unwrap()
         .is_empty());
     assert_eq!(b.relay.metrics().expired, 1);
+}
+
+fn item(key: &MailboxKey, body: &[u8], secret: u8) -> DepositItem {
+    DepositItem {
+        mailbox: key.id(),
+        envelope: body.to_vec(),
+        deletion_hash: deletion_hash(&[secret; 32]),
+    }
+}
+
+impl Bench {
+    /// Deposits a batch; returns each item's seq (checked against the receipt) and the
+    /// refusals.
+    fn batch(&mut self, items: Vec<DepositItem>) -> (Vec<Option<u64>>, Vec<RefusedItem>) {
+        let sent: Vec<([u8; 32], [u8; 32])> = items
+            .iter()
+            .map(|i| (i.mailbox, envelope_hash(&i.envelope)))
+            .collect();
+        match self.send("depositor", &MailboxRequest::DepositBatch { items }) {
+            MailboxResponse::Deposits { receipt, refused } => (
+                check_batch_receipt(&receipt, &self.identity, &sent).expect("a valid receipt"),
+                refused,
+            ),
+            other => panic!("expected deposits, got {other:?}"),
+        }
+    }
+
+    fn page(&mut self, key: &MailboxKey, after: u64, limit: u32) -> (Vec<StoredEnvelope>, bool) {
+        let auth = self.auth(key, OwnerOp::FetchPage { after, limit });
+        match self.send(
+            "owner",
+            &MailboxRequest::FetchPage {
+                mailbox: key.id(),
+                after,
+                limit,
+                auth,
+            },
+        ) {
+            MailboxResponse::Envelopes { items, more } => (items, more),
+            other => panic!("fetch page: {other:?}"),
+        }
+    }
+
+    fn delete_range(&mut self, key: &MailboxKey, after: u64, through: u64) -> MailboxResponse {
+        let auth = self.auth(key, OwnerOp::DeleteRange { after, through });
+        self.send(
+            "owner",
+            &MailboxRequest::DeleteRange {
+                mailbox: key.id(),
+                after,
+                through,
+                auth,
+            },
+        )
+    }
+}
+
+#[test]
+fn a_batch_is_stored_under_one_receipt_and_its_refused_items_change_nothing() {
+    let mut b = bench(RelayConfig {
+        mailbox_max_envelopes: 2,
+        max_envelope_bytes: 800,
+        ..RelayConfig::default()
+    });
+    let (k1, k2, unknown) = (
+        MailboxKey::generate(),
+        MailboxKey::generate(),
+        MailboxKey::generate(),
+    );
+    b.create(&k1);
+    b.create(&k2);
+    let (seqs, refused) = b.batch(vec![
+        item(&k1, b"one", 1),
+        item(&k1, b"two", 2),
+        item(&k1, b"three", 3),
+        item(&unknown, b"four", 4),
+        item(&k2, &[5; 801], 5),
+        item(&k2, b"six", 6),
+    ]);
+    assert_eq!(seqs, vec![Some(1), Some(2), None, None, None, Some(1)]);
+    let why: Vec<(u32, Refusal)> = refused.iter().map(|r| (r.index, r.why)).collect();
+    assert_eq!(
+        why,
+        vec![
+            (2, Refusal::MailboxFull),
+            (3, Refusal::UnknownMailbox),
+            (4, Refusal::TooLarge)
+        ]
+    );
+    let got: Vec<Vec<u8>> = b.fetch(&k1).into_iter().map(|e| e.envelope).collect();
+    assert_eq!(got, vec![b"one".to_vec(), b"two".to_vec()]);
+    assert_eq!(b.fetch(&k2).len(), 1);
+    let t = b.store.totals().unwrap();
+    assert_eq!((t.envelopes, t.bytes), (3, 9));
+    assert!(b
+        .store
+        .by_deletion_hash(&deletion_hash(&[3; 32]))
+        .unwrap()
+        .is_empty());
+    assert_eq!(b.relay.metrics().deposits, 3);
+    assert_eq!(b.relay.metrics().rejections["mailbox_full"], 1);
+    // A purge by secret finds what a batch stored.
+    let r = b.send(
+        "depositor",
+        &MailboxRequest::Purge {
+            secrets: vec![[6; 32]],
+        },
+    );
+    b.receipt(r);
+    assert!(b.fetch(&k2).is_empty());
+    // Nothing at all stored: still a signed (empty) receipt, and the refusals.
+    let (seqs, refused) = b.batch(vec![item(&unknown, b"x", 9)]);
+    assert_eq!((seqs, refused.len()), (vec![None], 1));
+    assert_eq!(
+        b.send("depositor", &MailboxRequest::DepositBatch { items: vec![] }),
+        MailboxResponse::Malformed
+    );
+}
+
+#[test]
+fn a_batch_costs_its_deposits_in_rate_tokens() {
+    let mut b = bench(RelayConfig {
+        rate_burst: 3,
+        rate_per_second: 1,
+        ..RelayConfig::default()
+    });
+    let key = MailboxKey::generate();
+    b.create(&key);
+    let (seqs, _) = b.batch(vec![item(&key, b"a", 1), item(&key, b"b", 2)]);
+    assert_eq!(seqs, vec![Some(1), Some(2)]);
+    let r = b.deposit(&key, b"c", [3; 32]);
+    b.receipt(r);
+    assert_eq!(
+        refused(b.send(
+            "depositor",
+            &MailboxRequest::DepositBatch {
+                items: vec![item(&key, b"d", 4)]
+            }
+        )),
+        Refusal::RateLimited
+    );
+}
+
+#[test]
+fn pages_are_larger_than_fetches_and_a_range_delete_removes_what_they_returned() {
+    let mut b = bench(RelayConfig::default());
+    let key = MailboxKey::generate();
+    b.create(&key);
+    for chunk in 0..3u8 {
+        let items = (0..200u8)
+            .map(|i| item(&key, &[chunk, i], i.wrapping_add(chunk)))
+            .collect();
+        let (seqs, refused) = b.batch(items);
+        assert!(refused.is_empty() && seqs.iter().all(Option::is_some));
+    }
+    assert_eq!(
+        b.fetch(&key).len(),
+        256,
+        "the old fetch keeps its page size"
+    );
+    let (page, more) = b.page(&key, 0, 4096);
+    assert_eq!((page.len(), more), (600, false));
+    let (page, more) = b.page(&key, 100, 250);
+    assert_eq!((page.len(), more), (250, true));
+    assert_eq!(page[0].seq, 101);
+
+    let r = b.delete_range(&key, 0, 350);
+    assert_eq!(
+        b.receipt(r),
+        Receipted::DeletedRange {
+            mailbox: key.id(),
+            after: 0,
+            through: 350
+        }
+    );
+    let (left, _) = b.page(&key, 0, 4096);
+    assert_eq!(left.len(), 250);
+    assert_eq!(left[0].seq, 351);
+    let t = b.store.totals().unwrap();
+    assert_eq!((t.envelopes, t.bytes), (250, 500));
+    assert_eq!(b.store.mailbox(&key.id()).unwrap().unwrap().count, 250);
+    // Index entries went with them.
+    assert!(b
+        .store
+        .by_deletion_hash(&deletion_hash(&[5; 32]))
+        .unwrap()
+        .iter()
+        .all(|(_, s)| *s > 350));
+    // Again, and past the end: nothing more, still a receipt.
+    let r = b.delete_range(&key, 0, 350);
+    b.receipt(r);
+    let r = b.delete_range(&key, 350, 10_000);
+    b.receipt(r);
+    assert_eq!(b.store.totals().unwrap().envelopes, 0);
+    // Another owner's key cannot delete a range.
+    let other = MailboxKey::generate();
+    let auth = b.auth(
+        &other,
+        OwnerOp::DeleteRange {
+            after: 0,
+            through: 9,
+        },
+    );
+    let r = b.send(
+        "owner",
+        &MailboxRequest::DeleteRange {
+            mailbox: key.id(),
+            after: 0,
+            through: 9,
+            auth,
+        },
+    );
+    assert_eq!(refused(r), Refusal::BadSignature);
+}
+
+#[test]
+fn expiry_marks_expire_each_mailbox_and_outlive_deleted_envelopes_harmlessly() {
+    let mut b = bench(RelayConfig {
+        ttl_ms: 10_000,
+        ..RelayConfig::default()
+    });
+    let (k1, k2) = (MailboxKey::generate(), MailboxKey::generate());
+    b.create(&k1);
+    b.create(&k2);
+    b.batch(vec![item(&k1, b"a", 1), item(&k2, b"b", 2)]);
+    b.now += 2_500;
+    b.batch(vec![item(&k1, b"c", 3)]);
+    // The owner of k2 takes its envelope early: its mark stays, and is dropped at its time.
+    let r = b.delete_range(&k2, 0, 1);
+    b.receipt(r);
+    b.now = T0 + 10_999;
+    assert_eq!(b.relay.handle_timeout(b.now).unwrap(), 1);
+    assert_eq!(b.page(&k1, 0, 10).0.len(), 1);
+    assert_eq!(b.store.expiry_marks(10).unwrap().len(), 1);
+    assert_eq!(b.relay.poll_timeout(b.now), T0 + 2_000 + 10_999);
+    b.now = T0 + 2_000 + 10_999;
+    assert_eq!(b.relay.handle_timeout(b.now).unwrap(), 1);
+    assert!(b.store.expiry_marks(10).unwrap().is_empty());
+    assert_eq!(b.store.totals().unwrap().envelopes, 0);
+    assert_eq!(b.relay.metrics().expired, 2);
 }
 
 #[test]

@@ -325,3 +325,55 @@ fn an_offline_sender_tries_no_relay_and_deposits_as_soon_as_a_link_is_back() {
         DeliveryState::Relayed { relays: 2 }
     );
 }
+
+#[test]
+fn what_waits_for_a_contact_goes_to_each_of_its_mailboxes_as_one_batch() {
+    let mut m = apart_with_two_relays();
+    m.relay_link(1, 0, false);
+    m.relay_link(1, 1, false);
+    // Asha is offline: every relay she knows is out of reach, so nothing goes yet.
+    m.relay_link(0, 0, false);
+    m.relay_link(0, 1, false);
+    let sent: Vec<String> = (0..40).map(|i| format!("queued {i}")).collect();
+    for t in &sent {
+        send(&mut m, 0, 1, t);
+    }
+    assert!(states(&m.history(0, 1))
+        .iter()
+        .all(|s| *s == DeliveryState::Queued));
+    m.hold_relay_wire = true;
+    m.relay_link(0, 0, true);
+    let batches: Vec<usize> = m
+        .relay_wire
+        .iter()
+        .filter(|w| w.4 == Link::Depositor)
+        .map(|w| match MailboxRequest::decode(&w.3) {
+            Ok(MailboxRequest::DepositBatch { items }) => items.len(),
+            other => panic!("a deposit that is not a batch: {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        batches,
+        vec![40, 40],
+        "one request per mailbox, all 40 in it"
+    );
+    m.hold_relay_wire = false;
+    m.run();
+    assert!(
+        states(&m.history(0, 1))
+            .iter()
+            .all(|s| *s == DeliveryState::Relayed { relays: 2 }),
+        "each text checked in its batch receipt: {:?}",
+        states(&m.history(0, 1))
+    );
+    assert_eq!(m.nodes[0].engine.store().deposits().unwrap().len(), 80);
+    m.relay_link(1, 0, true);
+    m.relay_link(1, 1, true);
+    assert_eq!(texts_from(&m, 1, 0), sent);
+    // Ravi's acknowledgements wait for Asha in her mailbox on the other relay too.
+    m.relay_link(0, 1, true);
+    assert!(states(&m.history(0, 1))
+        .iter()
+        .all(|s| *s == DeliveryState::Delivered));
+    assert_eq!((m.held(0), m.held(1)), (0, 0));
+}

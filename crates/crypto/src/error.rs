@@ -26,6 +26,9 @@ pub enum CryptoError {
     /// A signature did not verify.
     #[error("bad signature on {0}")]
     BadSignature(&'static str),
+    /// A validly signed relay receipt does not certify what was asked of the relay.
+    #[error("the receipt does not match the request: {0}")]
+    ReceiptMismatch(&'static str),
     /// A persisted object (pickle) could not be restored.
     #[error("cannot restore {what} from its persisted form: {reason}")]
     Pickle {

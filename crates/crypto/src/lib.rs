@@ -56,8 +56,8 @@ pub use identity::{
     DEVICE_KEYS_CONTEXT, FINGERPRINT_GROUPS, FINGERPRINT_ITERATIONS, FINGERPRINT_VERSION,
 };
 pub use mailbox::{
-    deletion_hash, deposit_secret, envelope_hash, sign_receipt, verify_owner, verify_receipt,
-    MailboxKey,
+    check_batch_receipt, deletion_hash, deposit_secret, envelope_hash, sign_receipt, verify_owner,
+    verify_receipt, MailboxKey,
 };
 pub use pickle::{pickle_key, PICKLE_KEY_CONTEXT};
 pub use replay::{ReplayGuard, REPLAY_GUARD_CAPACITY, REPLAY_WINDOW_MS};

@@ -126,9 +126,130 @@ pub fn verify_receipt(receipt: &Receipt, relay: Option<&IdentityKey>) -> Result<
         .map_err(|_| CryptoError::BadSignature("receipt"))
 }
 
+/// Checks the receipt of a deposit batch sent to `relay`: `sent[i]` is the mailbox and the
+/// [`envelope_hash`] of the batch's item `i`. Returns, per item, the sequence number the relay
+/// stored it under, or `None` if the receipt does not name it (the relay refused it).
+///
+/// One signature covers the batch, and it is checked once; then every item the receipt names
+/// must be an item of the request (by index), named once, with that item's mailbox and
+/// envelope hash. Anything else rejects the whole receipt, as if nothing were stored: a relay
+/// that signs something other than what it was given is not believed about any of it.
+pub fn check_batch_receipt(
+    receipt: &Receipt,
+    relay: &IdentityKey,
+    sent: &[(MailboxId, [u8; 32])],
+) -> Result<Vec<Option<u64>>, CryptoError> {
+    verify_receipt(receipt, Some(relay))?;
+    let Receipted::DepositedBatch { items } = &receipt.what else {
+        return Err(CryptoError::ReceiptMismatch("not a batch deposit receipt"));
+    };
+    let mut seqs = vec![None; sent.len()];
+    for item in items {
+        let i = usize::try_from(item.index).unwrap_or(usize::MAX);
+        let Some((mailbox, hash)) = sent.get(i) else {
+            return Err(CryptoError::ReceiptMismatch(
+                "an item the batch did not have",
+            ));
+        };
+        if item.mailbox != *mailbox || item.envelope_hash != *hash {
+            return Err(CryptoError::ReceiptMismatch(
+                "another mailbox or envelope than the item sent",
+            ));
+        }
+        if seqs[i].replace(item.seq).is_some() {
+            return Err(CryptoError::ReceiptMismatch("an item named twice"));
+        }
+    }
+    Ok(seqs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use instaconnect_wire::mailbox::DepositedItem;
+
+    fn batch_receipt(relay: &Identity, items: Vec<DepositedItem>) -> Receipt {
+        sign_receipt(relay, 9, Receipted::DepositedBatch { items }).unwrap()
+    }
+
+    fn item(index: u32, mailbox: u8, seq: u64, envelope: &[u8]) -> DepositedItem {
+        DepositedItem {
+            index,
+            mailbox: [mailbox; 32],
+            seq,
+            envelope_hash: envelope_hash(envelope),
+        }
+    }
+
+    #[test]
+    fn a_batch_receipt_gives_each_stored_item_its_seq() {
+        let relay = Identity::generate();
+        let sent = [
+            ([1; 32], envelope_hash(b"a")),
+            ([2; 32], envelope_hash(b"b")),
+            ([1; 32], envelope_hash(b"c")),
+        ];
+        // Item 1 was refused: the receipt does not name it.
+        let r = batch_receipt(&relay, vec![item(0, 1, 7, b"a"), item(2, 1, 8, b"c")]);
+        assert_eq!(
+            check_batch_receipt(&r, &relay.public(), &sent).unwrap(),
+            vec![Some(7), None, Some(8)]
+        );
+        let none = batch_receipt(&relay, vec![]);
+        assert_eq!(
+            check_batch_receipt(&none, &relay.public(), &sent).unwrap(),
+            vec![None, None, None]
+        );
+    }
+
+    #[test]
+    fn forged_or_mismatched_batch_receipts_are_rejected() {
+        let relay = Identity::generate();
+        let sent = [
+            ([1; 32], envelope_hash(b"a")),
+            ([2; 32], envelope_hash(b"b")),
+        ];
+        let good = batch_receipt(&relay, vec![item(0, 1, 7, b"a"), item(1, 2, 3, b"b")]);
+        check_batch_receipt(&good, &relay.public(), &sent).unwrap();
+        let rejected = |r: &Receipt| check_batch_receipt(r, &relay.public(), &sent).is_err();
+
+        // Another relay's key, or a signature that does not cover the items.
+        assert!(check_batch_receipt(&good, &Identity::generate().public(), &sent).is_err());
+        let other = batch_receipt(&Identity::generate(), vec![item(0, 1, 7, b"a")]);
+        assert!(rejected(&other));
+        let mut forged = good.clone();
+        if let Receipted::DepositedBatch { items } = &mut forged.what {
+            items[0].seq = 8;
+        }
+        assert!(rejected(&forged));
+        let mut relabelled = good.clone();
+        relabelled.relay = Identity::generate().public().to_bytes();
+        assert!(rejected(&relabelled));
+
+        // Validly signed, but not what was sent.
+        assert!(rejected(&batch_receipt(&relay, vec![item(0, 1, 7, b"x")])));
+        assert!(rejected(&batch_receipt(&relay, vec![item(0, 2, 7, b"a")])));
+        assert!(rejected(&batch_receipt(&relay, vec![item(2, 1, 7, b"a")])));
+        assert!(rejected(&batch_receipt(
+            &relay,
+            vec![item(u32::MAX, 1, 7, b"a")]
+        )));
+        assert!(rejected(&batch_receipt(
+            &relay,
+            vec![item(0, 1, 7, b"a"), item(0, 1, 8, b"a")]
+        )));
+        let single = sign_receipt(
+            &relay,
+            9,
+            Receipted::Deposited {
+                mailbox: [1; 32],
+                seq: 7,
+                envelope_hash: envelope_hash(b"a"),
+            },
+        )
+        .unwrap();
+        assert!(rejected(&single));
+    }
 
     #[test]
     fn derived_secrets_depend_on_every_input() {

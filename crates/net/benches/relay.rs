@@ -1,6 +1,7 @@
 //! The relay daemon beside mosquitto in the same run (issue 5's benchmark).
 //!
-//! Run: `scripts/bench-relay [--deposits N] [--hold M] [--cycles C] [--window W]`, which builds
+//! Run: `scripts/bench-relay [--deposits N] [--hold M] [--cycles C] [--window W] [--batch B]
+//! [--batch-window K]`, which builds
 //! the release `instaconnect`, installs mosquitto when missing and runs `cargo bench -p
 //! instaconnect-net --bench relay -- ARGS`. Plain program, no harness: it prints a table and
 //! asserts nothing about time.
@@ -8,14 +9,17 @@
 //! What is measured:
 //! - Deposit rate: N (20,000) sealed envelopes of 1 KiB (a pool of 256 really sealed with
 //!   `crypto::seal_envelope`, deposited in turn) from one ephemeral client to a real
-//!   `instaconnect relay` process on 127.0.0.1, W (128) requests in flight; each counts once
-//!   its signed receipt arrived, which the relay sends only after the flush. Baseline: N QoS 1
-//!   publishes of 1 KiB to mosquitto, W in flight, until every PUBACK arrived, while the
-//!   persistent-session QoS 1 subscriber is offline.
-//! - Drain: the mailbox owner reconnects and fetches every envelope (256 per fetch, 8 fetches
-//!   in flight) and deletes each fetched batch (owner-signed); timed until the last delete's
-//!   receipt. Baseline: the subscriber reconnects and receives (and PUBACKs) the N queued
-//!   messages.
+//!   `instaconnect relay` process on 127.0.0.1, as a device deposits what it has queued:
+//!   `DepositBatch` requests of B (256) envelopes, K (4) requests in flight; an envelope
+//!   counts once the batch's signed receipt arrived (the relay sends it only after the flush)
+//!   and was checked for it (`crypto::check_batch_receipt`: relay, mailbox, envelope hash).
+//!   Baseline: N QoS 1 publishes of 1 KiB to mosquitto, W (128) in flight, until every PUBACK
+//!   arrived, while the persistent-session QoS 1 subscriber is offline. (MQTT has no batch:
+//!   the issue compares envelopes per second.)
+//! - Drain: the mailbox owner reconnects and fetches every envelope (`FetchPage`, 900 a page,
+//!   which fits the frame, 8 requests in flight) and deletes each fetched page
+//!   (`DeleteRange`, owner-signed); timed until the last delete's receipt. Baseline: the
+//!   subscriber reconnects and receives (and PUBACKs) the N queued messages.
 //! - Memory: the relay's RSS (VmRSS, and its peak VmHWM) once M (100,000) envelopes are held.
 //! - Disk: after C (100,000) deposit+delete cycles on top of the M held, the size on disk of
 //!   the relay's database against the live data (M × 1 KiB).
@@ -32,12 +36,14 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use instaconnect_crypto::{
-    deletion_hash, seal_envelope, Device, EnvelopeContent, Identity, MailboxKey, MessageId,
-    PayloadKind,
+    check_batch_receipt, deletion_hash, envelope_hash, seal_envelope, Device, EnvelopeContent,
+    Identity, IdentityKey, MailboxKey, MessageId, PayloadKind,
 };
 use instaconnect_net::mailbox_client::{owner_auth, MailboxClient};
 use instaconnect_net::RequestId;
-use instaconnect_wire::mailbox::{MailboxRequest, MailboxResponse, OwnerOp, Receipted, MAX_BATCH};
+use instaconnect_wire::mailbox::{
+    DepositItem, MailboxRequest, MailboxResponse, OwnerOp, MAX_DELETE_SPAN, MAX_DEPOSIT_ITEMS,
+};
 use mosquitto::Broker;
 use rumqttc::{AsyncClient, Event as MqttEvent, MqttOptions, Packet, QoS};
 
@@ -47,15 +53,19 @@ const TOPIC: &str = "instaconnect/relay-bench";
 const SUB_ID: &str = "instaconnect-relay-bench-sub";
 const PUB_ID: &str = "instaconnect-relay-bench-pub";
 const DRAIN_WINDOW: usize = 8;
+/// Envelopes asked for per `FetchPage`: as many 1 KiB envelopes as fit the frame.
+const PAGE: u32 = 900;
 const TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_MOSQUITTO: &str = "/usr/sbin/mosquitto";
 
 const USAGE: &str = "usage: relay [--deposits N] [--hold M] [--cycles C] [--window W] \
-[--mosquitto PATH] [--relay-bin PATH]
+[--batch B] [--batch-window K] [--mosquitto PATH] [--relay-bin PATH]
   --deposits   envelopes deposited and drained, and messages through mosquitto (default 20000)
   --hold       envelopes held when the relay's RSS is read (default 100000; the issue: 1000000)
   --cycles     deposit+delete cycles before disk use is read (default 100000; the issue: 1000000)
-  --window     requests (publishes) in flight (default 128)
+  --window     mosquitto publishes in flight (default 128)
+  --batch      envelopes per relay deposit request (default 256, at most 900: the frame)
+  --batch-window  relay deposit requests in flight (default 4)
   --mosquitto  broker binary (default $MOSQUITTO or /usr/sbin/mosquitto)
   --relay-bin  instaconnect binary (default $INSTACONNECT_BIN, else target/release/instaconnect)";
 
@@ -64,6 +74,8 @@ struct Args {
     hold: usize,
     cycles: usize,
     window: usize,
+    batch: usize,
+    batch_window: usize,
     mosquitto: PathBuf,
     relay_bin: PathBuf,
 }
@@ -90,6 +102,8 @@ fn parse_args() -> Args {
         hold: 100_000,
         cycles: 100_000,
         window: 128,
+        batch: 256,
+        batch_window: 4,
         mosquitto: std::env::var_os("MOSQUITTO")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_MOSQUITTO)),
@@ -109,6 +123,8 @@ fn parse_args() -> Args {
             "--hold" => a.hold = num("--hold"),
             "--cycles" => a.cycles = num("--cycles"),
             "--window" => a.window = num("--window").clamp(1, 150),
+            "--batch" => a.batch = num("--batch").clamp(1, 900.min(MAX_DEPOSIT_ITEMS)),
+            "--batch-window" => a.batch_window = num("--batch-window").clamp(1, 64),
             "--mosquitto" => {
                 a.mosquitto = PathBuf::from(
                     it.next()
@@ -314,26 +330,49 @@ impl Drop for RelayProc {
 
 // ----- relay phases -----------------------------------------------------------------------------
 
-/// Deposits `n` envelopes with `window` in flight; returns the seqs in the receipts.
+/// A deposited item as its receipt must name it: (mailbox, envelope hash).
+type Sent = ([u8; 32], [u8; 32]);
+
+/// How deposits go: `batch` envelopes a request, `window` requests in flight.
+#[derive(Clone, Copy)]
+struct Depositing {
+    batch: usize,
+    window: usize,
+}
+
+/// Deposits `n` envelopes in batches; returns the seqs in the receipts, each checked.
 async fn deposit_n(
     c: &mut MailboxClient,
+    relay: &IdentityKey,
     mailbox: [u8; 32],
     pool: &[Vec<u8>],
     n: usize,
-    window: usize,
+    how: Depositing,
 ) -> Vec<u64> {
+    let hashes: Vec<[u8; 32]> = pool.iter().map(|e| envelope_hash(e)).collect();
     let mut seqs = Vec::with_capacity(n);
-    let mut in_flight: HashMap<RequestId, ()> = HashMap::new();
+    // Request -> (mailbox, envelope hash) of each item, for its receipt.
+    let mut in_flight: HashMap<RequestId, Vec<Sent>> = HashMap::new();
     let mut sent = 0;
     while seqs.len() < n {
-        while sent < n && in_flight.len() < window {
-            let req = MailboxRequest::Deposit {
-                mailbox,
-                envelope: pool[sent % pool.len()].clone(),
-                deletion_hash: deletion_hash(&[(sent % 251) as u8; 32]),
-            };
-            in_flight.insert(must("send", c.send(&req).await), ());
-            sent += 1;
+        while sent < n && in_flight.len() < how.window {
+            let k = how.batch.min(n - sent);
+            let mut items = Vec::with_capacity(k);
+            let mut expect = Vec::with_capacity(k);
+            for i in sent..sent + k {
+                items.push(DepositItem {
+                    mailbox,
+                    envelope: pool[i % pool.len()].clone(),
+                    deletion_hash: deletion_hash(&[(i % 251) as u8; 32]),
+                });
+                expect.push((mailbox, hashes[i % pool.len()]));
+            }
+            let id = must(
+                "send",
+                c.send(&MailboxRequest::DepositBatch { items }).await,
+            );
+            in_flight.insert(id, expect);
+            sent += k;
         }
         let (id, answer) = must(
             "answer",
@@ -342,36 +381,41 @@ async fn deposit_n(
                 tokio::time::timeout(TIMEOUT, c.next_answer()).await,
             ),
         );
-        if in_flight.remove(&id).is_none() {
+        let Some(expect) = in_flight.remove(&id) else {
             continue;
-        }
+        };
         match must("deposit", answer) {
-            MailboxResponse::Receipt(r) => match r.what {
-                Receipted::Deposited { seq, .. } => seqs.push(seq),
-                other => panic!("benchmark failed: receipt {other:?}"),
-            },
+            MailboxResponse::Deposits { receipt, refused } if refused.is_empty() => {
+                for seq in must("receipt", check_batch_receipt(&receipt, relay, &expect)) {
+                    seqs.push(seq.unwrap_or_else(|| panic!("benchmark failed: not stored")));
+                }
+            }
             other => panic!("benchmark failed: deposit answered {other:?}"),
         }
     }
     seqs
 }
 
-/// Deletes `seqs` in batches of 256, `window` batches in flight.
-async fn delete_all(c: &mut MailboxClient, key: &MailboxKey, seqs: &[u64], window: usize) {
-    let mut chunks = seqs.chunks(MAX_BATCH);
+/// Deletes the envelopes `first..=last` with range deletes, `window` in flight.
+async fn delete_all(c: &mut MailboxClient, key: &MailboxKey, first: u64, last: u64, window: usize) {
+    let mut after = first - 1;
     let mut in_flight = 0;
     loop {
-        while in_flight < window {
-            let Some(chunk) = chunks.next() else { break };
-            let seqs = chunk.to_vec();
-            let auth = must("sign", owner_auth(key, OwnerOp::Delete { seqs: &seqs }));
-            let req = MailboxRequest::Delete {
+        while in_flight < window && after < last {
+            let through = (after + MAX_DELETE_SPAN).min(last);
+            let auth = must(
+                "sign",
+                owner_auth(key, OwnerOp::DeleteRange { after, through }),
+            );
+            let req = MailboxRequest::DeleteRange {
                 mailbox: key.id(),
-                seqs,
+                after,
+                through,
                 auth,
             };
             must("send", c.send(&req).await);
             in_flight += 1;
+            after = through;
         }
         if in_flight == 0 {
             return;
@@ -391,35 +435,36 @@ async fn delete_all(c: &mut MailboxClient, key: &MailboxKey, seqs: &[u64], windo
     }
 }
 
-/// Fetches everything in the mailbox (seqs `first..first+n`, 256 a fetch, DRAIN_WINDOW
-/// fetches in flight) and deletes each fetched batch. Returns envelopes received.
+/// Fetches everything in the mailbox (seqs `first..first+n`, PAGE a page, DRAIN_WINDOW
+/// requests in flight) and deletes each fetched page with a range delete. Returns envelopes
+/// received.
 async fn drain(c: &mut MailboxClient, key: &MailboxKey, first: u64, n: usize) -> usize {
     let mut next_after = first - 1;
     let end = first - 1 + n as u64;
-    let mut fetches: HashMap<RequestId, ()> = HashMap::new();
+    // Fetch -> the `after` it asked from.
+    let mut fetches: HashMap<RequestId, u64> = HashMap::new();
     let mut deletes = 0usize;
     let mut got = 0usize;
     loop {
         while next_after < end && fetches.len() + deletes < DRAIN_WINDOW {
-            let limit = MAX_BATCH as u32;
             let auth = must(
                 "sign",
                 owner_auth(
                     key,
-                    OwnerOp::Fetch {
+                    OwnerOp::FetchPage {
                         after: next_after,
-                        limit,
+                        limit: PAGE,
                     },
                 ),
             );
-            let req = MailboxRequest::Fetch {
+            let req = MailboxRequest::FetchPage {
                 mailbox: key.id(),
                 after: next_after,
-                limit,
+                limit: PAGE,
                 auth,
             };
-            fetches.insert(must("send", c.send(&req).await), ());
-            next_after += u64::from(limit);
+            fetches.insert(must("send", c.send(&req).await), next_after);
+            next_after += u64::from(PAGE);
         }
         if fetches.is_empty() && deletes == 0 {
             return got;
@@ -431,24 +476,34 @@ async fn drain(c: &mut MailboxClient, key: &MailboxKey, first: u64, n: usize) ->
                 tokio::time::timeout(TIMEOUT, c.next_answer()).await,
             ),
         );
-        let was_fetch = fetches.remove(&id).is_some();
-        match must("drain", answer) {
-            MailboxResponse::Envelopes { items, .. } if was_fetch => {
+        let asked = fetches.remove(&id);
+        match (must("drain", answer), asked) {
+            (MailboxResponse::Envelopes { items, .. }, Some(after)) => {
+                let want = u64::from(PAGE).min(end - after);
+                assert_eq!(
+                    items.len() as u64,
+                    want,
+                    "benchmark failed: a short page (the pipelined fetches assume full ones)"
+                );
                 got += items.len();
-                let seqs: Vec<u64> = items.iter().map(|e| e.seq).collect();
-                if !seqs.is_empty() {
-                    let auth = must("sign", owner_auth(key, OwnerOp::Delete { seqs: &seqs }));
-                    let req = MailboxRequest::Delete {
+                if let Some(last) = items.last() {
+                    let through = last.seq;
+                    let auth = must(
+                        "sign",
+                        owner_auth(key, OwnerOp::DeleteRange { after, through }),
+                    );
+                    let req = MailboxRequest::DeleteRange {
                         mailbox: key.id(),
-                        seqs,
+                        after,
+                        through,
                         auth,
                     };
                     must("send", c.send(&req).await);
                     deletes += 1;
                 }
             }
-            MailboxResponse::Receipt(_) if !was_fetch => deletes -= 1,
-            other => panic!("benchmark failed: drain answered {other:?}"),
+            (MailboxResponse::Receipt(_), None) => deletes -= 1,
+            (other, _) => panic!("benchmark failed: drain answered {other:?}"),
         }
     }
 }
@@ -471,10 +526,20 @@ async fn relay_phases(args: &Args, pool: &[Vec<u8>]) -> RelayResults {
     let relay = RelayProc::start(&args.relay_bin);
     let key = MailboxKey::generate();
     let mut c = must("connect", MailboxClient::connect(&relay.addr).await);
-    must("create", c.create(&key).await);
+    let relay_key = must(
+        "relay key",
+        c.create(&key)
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| IdentityKey::from_bytes(&r.relay).map_err(|e| e.to_string())),
+    );
+    let how = Depositing {
+        batch: args.batch,
+        window: args.batch_window,
+    };
     let before = relay.commits();
     let t = Instant::now();
-    let seqs = deposit_n(&mut c, key.id(), pool, args.deposits, args.window).await;
+    let seqs = deposit_n(&mut c, &relay_key, key.id(), pool, args.deposits, how).await;
     let deposit_s = t.elapsed().as_secs_f64();
     let after = relay.commits();
     let deposit_commits = (after.0 - before.0, after.1 - before.1);
@@ -495,7 +560,7 @@ async fn relay_phases(args: &Args, pool: &[Vec<u8>]) -> RelayResults {
     let held = MailboxKey::generate();
     must("create", owner.create(&held).await);
     let t = Instant::now();
-    deposit_n(&mut owner, held.id(), pool, args.hold, args.window).await;
+    deposit_n(&mut owner, &relay_key, held.id(), pool, args.hold, how).await;
     let hold_s = t.elapsed().as_secs_f64();
     let rss = relay.rss();
 
@@ -506,8 +571,16 @@ async fn relay_phases(args: &Args, pool: &[Vec<u8>]) -> RelayResults {
     let mut done = 0;
     while done < args.cycles {
         let n = (args.cycles - done).min(4_096);
-        let seqs = deposit_n(&mut owner, churn.id(), pool, n, args.window).await;
-        delete_all(&mut owner, &churn, &seqs, DRAIN_WINDOW).await;
+        let seqs = deposit_n(&mut owner, &relay_key, churn.id(), pool, n, how).await;
+        let (first, last) = (seqs.iter().min(), seqs.iter().max());
+        if let (Some(&first), Some(&last)) = (first, last) {
+            assert_eq!(
+                last - first + 1,
+                n as u64,
+                "benchmark failed: seqs not consecutive"
+            );
+            delete_all(&mut owner, &churn, first, last, DRAIN_WINDOW).await;
+        }
         done += n;
     }
     let churn_s = t.elapsed().as_secs_f64();
@@ -670,8 +743,8 @@ fn main() {
     );
     let pool = sealed_pool();
     println!(
-        "relay benchmark: {} deposits of 1 KiB sealed envelopes, window {}, then {} held, {} deposit+delete cycles",
-        args.deposits, args.window, args.hold, args.cycles
+        "relay benchmark: {} deposits of 1 KiB sealed envelopes ({} a request, {} requests in flight; mosquitto: {} in flight), then {} held, {} deposit+delete cycles",
+        args.deposits, args.batch, args.batch_window, args.window, args.hold, args.cycles
     );
     let r = rt.block_on(relay_phases(&args, &pool));
     let broker = Broker::start(&args.mosquitto, args.window as u16, "relay");

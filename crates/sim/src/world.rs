@@ -696,8 +696,12 @@ impl<'a> World<'a> {
             book.set_privacy("online", "nobody")
                 .map_err(|e| self.setup_err(i, e))?;
         }
-        let engine = Engine::new(store.clone(), engine_seed(self.seed, i, 0))
+        let mut engine = Engine::new(store.clone(), engine_seed(self.seed, i, 0))
             .map_err(|e| self.setup_err(i, e))?;
+        if self.sc.routing.strategy.carries() {
+            // A carry buffer's bundle is one deposit: one envelope a request.
+            engine.set_deposit_batch_limit(1);
+        }
         let peer = engine.peer_id();
         self.by_peer.insert(peer.clone(), i);
         self.nodes.push(Node {
@@ -1322,8 +1326,11 @@ impl<'a> World<'a> {
         if n.engine.is_some() {
             return Ok(());
         }
-        let engine = Engine::new(n.store.clone(), engine_seed(self.seed, node, n.incarnation))
+        let mut engine = Engine::new(n.store.clone(), engine_seed(self.seed, node, n.incarnation))
             .map_err(|e| self.setup_err(node, format!("restart at {} ms: {e}", self.now)))?;
+        if self.sc.routing.strategy.carries() {
+            engine.set_deposit_batch_limit(1);
+        }
         self.nodes[node as usize].engine = Some(engine);
         self.c.restarts += 1;
         if let Some(relay) = self.mail.virtual_peer() {

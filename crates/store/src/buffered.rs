@@ -30,6 +30,11 @@ impl Writes {
             .push((k.as_ref().to_vec(), Some(v.as_ref().to_vec())));
     }
 
+    /// Like [`Writes::insert`], without copying what the caller already owns.
+    pub(crate) fn insert_owned(&mut self, k: Vec<u8>, v: Vec<u8>) {
+        self.0.push((k, Some(v)));
+    }
+
     pub(crate) fn remove(&mut self, k: impl AsRef<[u8]>) {
         self.0.push((k.as_ref().to_vec(), None));
     }
@@ -73,6 +78,16 @@ impl Buffered {
         range: R,
         limit: usize,
     ) -> Result<Entries, sled::Error> {
+        self.range_map(range, limit, |k, v| (k.to_vec(), v.to_vec()))
+    }
+
+    /// [`Buffered::range`], with each entry passed through `f` instead of copied.
+    pub(crate) fn range_map<R: RangeBounds<Vec<u8>> + Clone, T>(
+        &self,
+        range: R,
+        limit: usize,
+        mut f: impl FnMut(&[u8], &[u8]) -> T,
+    ) -> Result<Vec<T>, sled::Error> {
         // The lock is held while sled is read, so a flush cannot move writes from one side to
         // the other half way through.
         let pending = self.pending();
@@ -94,12 +109,12 @@ impl Buffered {
                 (None, None) => break,
                 (Some((pk, _)), Some(sk)) if **pk > sk => {
                     if let Some(Ok((k, v))) = stored.next() {
-                        out.push((k.to_vec(), v.to_vec()));
+                        out.push(f(&k, &v));
                     }
                 }
                 (None, Some(_)) => {
                     if let Some(Ok((k, v))) = stored.next() {
-                        out.push((k.to_vec(), v.to_vec()));
+                        out.push(f(&k, &v));
                     }
                 }
                 (Some((pk, _)), sk) => {
@@ -108,7 +123,7 @@ impl Buffered {
                         stored.next();
                     }
                     if let Some((k, Some(v))) = mine.next() {
-                        out.push((k.clone(), v.clone()));
+                        out.push(f(k, v));
                     }
                 }
             }

@@ -1,8 +1,14 @@
 //! A relay's database: mailboxes and the sealed envelopes deposited in them, with an index by
-//! deletion hash (purges) and by deposit time (expiry). Like [`crate::Store`], writes are
-//! batches of [`RelayOp`]s applied atomically; [`RelayStore::apply`] flushes before returning,
-//! so a relay acks a deposit only once it is on disk. Counters (per mailbox and in total) are
-//! kept by the caller in the same batch as the envelopes they count.
+//! deletion hash (purges) and expiry marks by deposit time (one per mailbox and second, not one
+//! per envelope). Like [`crate::Store`], writes are batches of [`RelayOp`]s applied atomically;
+//! [`RelayStore::apply`] flushes before returning, so a relay acks a deposit only once it is
+//! on disk. Counters (per mailbox and in total) are kept by the caller in the same batch as
+//! the envelopes they count.
+//!
+//! Writes do not read: a sled insert costs tens of microseconds here, and a relay writes one
+//! envelope key and one deletion-hash key per deposit, so the caller says what an envelope's
+//! index entries are when it removes one (it has just read them with
+//! [`RelayStore::envelope_metas`]), and puts envelopes only under unused sequence numbers.
 //!
 //! Nothing here identifies a person: keys are mailbox public keys, sequence numbers and hashes.
 
@@ -10,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
-use instaconnect_wire::records::{MailboxRecord, RelayEnvelope, RelayTotals};
+use instaconnect_wire::records::{MailboxRecord, RelayEnvelope, RelayEnvelopeMeta, RelayTotals};
 use instaconnect_wire::{decode, encode};
 
 use crate::buffered::{Buffered, Writes};
@@ -19,20 +25,39 @@ use crate::{Result, StoreError};
 /// A mailbox id: the owner's public key for it.
 pub type MailboxId = [u8; 32];
 
+/// Expiry marks group deposits by mailbox and by this much deposit time: an envelope expires
+/// at most this late.
+pub const EXPIRY_BUCKET_MS: u64 = 1_000;
+
+/// The expiry bucket (its first millisecond) of a deposit at `at_ms`.
+pub fn expiry_bucket(at_ms: u64) -> u64 {
+    at_ms - at_ms % EXPIRY_BUCKET_MS
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum RelayOp {
     PutMailbox(MailboxId, MailboxRecord),
     /// Removes the mailbox record (its envelopes are removed by their own ops).
     RemoveMailbox(MailboxId),
+    /// Stores an envelope under a sequence number not in use, with its deletion-hash entry
+    /// and the expiry mark of its mailbox and deposit second. (Over a held envelope, the old
+    /// one's deletion-hash entry stays: remove it first.)
     PutEnvelope {
         mailbox: MailboxId,
         seq: u64,
         envelope: RelayEnvelope,
     },
-    /// Removes an envelope and its index entries (no-op if absent).
+    /// Removes an envelope (no-op if absent) and the deletion-hash entry for
+    /// `deletion_hash`, which must be the hash it was put with. Expiry marks stay.
     RemoveEnvelope {
         mailbox: MailboxId,
         seq: u64,
+        deletion_hash: [u8; 32],
+    },
+    /// Drops an expiry mark (the relay has expired what it marks).
+    RemoveExpiryMark {
+        bucket_ms: u64,
+        mailbox: MailboxId,
     },
     PutTotals(RelayTotals),
 }
@@ -47,10 +72,20 @@ pub trait RelayStore: Send + Sync {
         limit: usize,
     ) -> Result<Vec<(u64, RelayEnvelope)>>;
     fn envelope(&self, id: &MailboxId, seq: u64) -> Result<Option<RelayEnvelope>>;
+    /// The headers of up to `limit` envelopes of a mailbox with `after < seq <= through`,
+    /// oldest first (their bytes are not copied).
+    fn envelope_metas(
+        &self,
+        id: &MailboxId,
+        after: u64,
+        through: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, RelayEnvelopeMeta)>>;
     /// Where the envelopes deposited with this deletion hash are (usually one).
     fn by_deletion_hash(&self, hash: &[u8; 32]) -> Result<Vec<(MailboxId, u64)>>;
-    /// Up to `limit` envelopes deposited before `before_ms`, oldest first.
-    fn deposited_before(&self, before_ms: u64, limit: usize) -> Result<Vec<(MailboxId, u64)>>;
+    /// Up to `limit` expiry marks, oldest first: (bucket, mailbox) says the mailbox took a
+    /// deposit in the [`EXPIRY_BUCKET_MS`] from `bucket` (it may have been removed since).
+    fn expiry_marks(&self, limit: usize) -> Result<Vec<(u64, MailboxId)>>;
     fn totals(&self) -> Result<RelayTotals>;
     /// Applies the batch atomically; durable after the next [`RelayStore::flush`].
     fn apply_deferred(&self, ops: Vec<RelayOp>) -> Result<()>;
@@ -63,12 +98,17 @@ pub trait RelayStore: Send + Sync {
 }
 
 const KEY_SCHEMA: &[u8] = b"meta/relay-schema";
-const RELAY_SCHEMA: u32 = 1;
+/// 2: expiry marks per mailbox and second (`ttl/`) instead of a key per envelope (`exp/`).
+const RELAY_SCHEMA: u32 = 2;
 const KEY_TOTALS: &[u8] = b"totals";
 const P_MAILBOX: &[u8] = b"mbox/";
 const P_ENVELOPE: &[u8] = b"env/";
 const P_DELETION: &[u8] = b"del/";
-const P_EXPIRY: &[u8] = b"exp/";
+/// Schema 1's expiry index: `exp/<deposited at><mailbox><seq>`, one per envelope.
+const P_EXPIRY_V1: &[u8] = b"exp/";
+const P_EXPIRY_MARK: &[u8] = b"ttl/";
+/// Keys moved per batch while migrating.
+const MIGRATION_BATCH: usize = 65_536;
 
 fn k(prefix: &[u8], parts: &[&[u8]]) -> Vec<u8> {
     let mut v = prefix.to_vec();
@@ -86,8 +126,8 @@ fn del_key(hash: &[u8; 32], m: &MailboxId, seq: u64) -> Vec<u8> {
     k(P_DELETION, &[hash, m, &seq.to_be_bytes()])
 }
 
-fn exp_key(at: u64, m: &MailboxId, seq: u64) -> Vec<u8> {
-    k(P_EXPIRY, &[&at.to_be_bytes(), m, &seq.to_be_bytes()])
+fn mark_key(bucket: u64, m: &MailboxId) -> Vec<u8> {
+    k(P_EXPIRY_MARK, &[&bucket.to_be_bytes(), m])
 }
 
 /// (mailbox, seq) as stored in index values and keys.
@@ -151,6 +191,9 @@ impl SledRelayStore {
                         supported: RELAY_SCHEMA,
                     });
                 }
+                if found < 2 {
+                    migrate_expiry_marks(&db)?;
+                }
             }
             None => {
                 if !db.is_empty() {
@@ -177,6 +220,37 @@ impl SledRelayStore {
             }),
         }
     }
+}
+
+/// Schema 1 to 2: each `exp/` key becomes the mark of its mailbox and second, in batches (a
+/// crash in between leaves marks and old keys that the next open finishes moving), then the
+/// schema number changes.
+fn migrate_expiry_marks(db: &sled::Db) -> Result<()> {
+    loop {
+        let mut batch = sled::Batch::default();
+        let mut n = 0;
+        for kv in db.scan_prefix(P_EXPIRY_V1).take(MIGRATION_BATCH) {
+            let (key, _) = kv?;
+            let rest = &key[P_EXPIRY_V1.len()..];
+            if let (Some(at), Some((m, _))) = (
+                rest.get(..8)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes),
+                rest.get(8..).and_then(location),
+            ) {
+                batch.insert(mark_key(expiry_bucket(at), &m), &[][..]);
+            }
+            batch.remove(key);
+            n += 1;
+        }
+        if n == 0 {
+            break;
+        }
+        db.apply_batch(batch)?;
+    }
+    db.insert(KEY_SCHEMA, enc(&RELAY_SCHEMA)?)?;
+    db.flush()?;
+    Ok(())
 }
 
 fn enc<T: serde::Serialize>(v: &T) -> Result<Vec<u8>> {
@@ -212,6 +286,32 @@ impl RelayStore for SledRelayStore {
         self.get(&env_key(id, seq))
     }
 
+    fn envelope_metas(
+        &self,
+        id: &MailboxId,
+        after: u64,
+        through: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, RelayEnvelopeMeta)>> {
+        if through <= after {
+            return Ok(Vec::new());
+        }
+        let start = env_key(id, after.saturating_add(1));
+        let end = env_key(id, through);
+        self.db
+            .range_map(start..=end, limit, |key, v| {
+                let seq = location(&key[P_ENVELOPE.len()..]).map_or(0, |(_, s)| s);
+                RelayEnvelope::decode_meta(v)
+                    .map(|m| (seq, m))
+                    .map_err(|source| StoreError::Corrupt {
+                        key: String::from_utf8_lossy(key).into_owned(),
+                        source,
+                    })
+            })?
+            .into_iter()
+            .collect()
+    }
+
     fn by_deletion_hash(&self, hash: &[u8; 32]) -> Result<Vec<(MailboxId, u64)>> {
         let prefix = k(P_DELETION, &[hash]);
         let mut out = Vec::new();
@@ -223,15 +323,21 @@ impl RelayStore for SledRelayStore {
         Ok(out)
     }
 
-    fn deposited_before(&self, before_ms: u64, limit: usize) -> Result<Vec<(MailboxId, u64)>> {
-        let end = k(P_EXPIRY, &[&before_ms.to_be_bytes()]);
-        let mut out = Vec::new();
-        for (key, _) in self.db.range(P_EXPIRY.to_vec()..end, limit)? {
-            if let Some(l) = key.get(P_EXPIRY.len() + 8..).and_then(location) {
-                out.push(l);
-            }
-        }
-        Ok(out)
+    fn expiry_marks(&self, limit: usize) -> Result<Vec<(u64, MailboxId)>> {
+        let marks = self.db.range_map(
+            P_EXPIRY_MARK.to_vec()..k(P_EXPIRY_MARK, &[&[0xff; 41]]),
+            limit,
+            |key, _| {
+                let rest = &key[P_EXPIRY_MARK.len()..];
+                let bucket = rest
+                    .get(..8)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes)?;
+                let m: MailboxId = rest.get(8..40)?.try_into().ok()?;
+                Some((bucket, m))
+            },
+        )?;
+        Ok(marks.into_iter().flatten().collect())
     }
 
     fn totals(&self) -> Result<RelayTotals> {
@@ -240,8 +346,6 @@ impl RelayStore for SledRelayStore {
 
     fn apply_deferred(&self, ops: Vec<RelayOp>) -> Result<()> {
         let mut batch = Writes::default();
-        // Envelopes put earlier in this batch, so a later remove finds their index keys.
-        let mut put: BTreeMap<(MailboxId, u64), RelayEnvelope> = BTreeMap::new();
         for op in ops {
             match op {
                 RelayOp::PutMailbox(id, r) => batch.insert(k(P_MAILBOX, &[&id]), enc(&r)?),
@@ -251,30 +355,23 @@ impl RelayStore for SledRelayStore {
                     seq,
                     envelope,
                 } => {
-                    // Replacing an envelope: drop the old one's index entries first.
-                    let old = match put.remove(&(mailbox, seq)) {
-                        Some(e) => Some(e),
-                        None => self.envelope(&mailbox, seq)?,
-                    };
-                    if let Some(old) = old {
-                        batch.remove(del_key(&old.deletion_hash, &mailbox, seq));
-                        batch.remove(exp_key(old.deposited_at_ms, &mailbox, seq));
-                    }
                     batch.insert(del_key(&envelope.deletion_hash, &mailbox, seq), &[][..]);
-                    batch.insert(exp_key(envelope.deposited_at_ms, &mailbox, seq), &[][..]);
-                    batch.insert(env_key(&mailbox, seq), enc(&envelope)?);
-                    put.insert((mailbox, seq), envelope);
+                    batch.insert(
+                        mark_key(expiry_bucket(envelope.deposited_at_ms), &mailbox),
+                        &[][..],
+                    );
+                    batch.insert_owned(env_key(&mailbox, seq), enc(&envelope)?);
                 }
-                RelayOp::RemoveEnvelope { mailbox, seq } => {
-                    let old = match put.remove(&(mailbox, seq)) {
-                        Some(e) => Some(e),
-                        None => self.envelope(&mailbox, seq)?,
-                    };
-                    if let Some(old) = old {
-                        batch.remove(del_key(&old.deletion_hash, &mailbox, seq));
-                        batch.remove(exp_key(old.deposited_at_ms, &mailbox, seq));
-                    }
+                RelayOp::RemoveEnvelope {
+                    mailbox,
+                    seq,
+                    deletion_hash,
+                } => {
+                    batch.remove(del_key(&deletion_hash, &mailbox, seq));
                     batch.remove(env_key(&mailbox, seq));
+                }
+                RelayOp::RemoveExpiryMark { bucket_ms, mailbox } => {
+                    batch.remove(mark_key(bucket_ms, &mailbox));
                 }
                 RelayOp::PutTotals(t) => batch.insert(KEY_TOTALS, enc(&t)?),
             }
@@ -294,7 +391,7 @@ struct MemState {
     mailboxes: BTreeMap<MailboxId, MailboxRecord>,
     envelopes: BTreeMap<(MailboxId, u64), RelayEnvelope>,
     deletion: BTreeSet<([u8; 32], MailboxId, u64)>,
-    expiry: BTreeSet<(u64, MailboxId, u64)>,
+    marks: BTreeSet<(u64, MailboxId)>,
     totals: RelayTotals,
 }
 
@@ -339,6 +436,34 @@ impl RelayStore for MemRelayStore {
         Ok(self.lock().envelopes.get(&(*id, seq)).cloned())
     }
 
+    fn envelope_metas(
+        &self,
+        id: &MailboxId,
+        after: u64,
+        through: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, RelayEnvelopeMeta)>> {
+        if through <= after {
+            return Ok(Vec::new());
+        }
+        Ok(self
+            .lock()
+            .envelopes
+            .range((*id, after + 1)..=(*id, through))
+            .take(limit)
+            .map(|((_, s), e)| {
+                (
+                    *s,
+                    RelayEnvelopeMeta {
+                        deposited_at_ms: e.deposited_at_ms,
+                        deletion_hash: e.deletion_hash,
+                        len: e.envelope.len() as u64,
+                    },
+                )
+            })
+            .collect())
+    }
+
     fn by_deletion_hash(&self, hash: &[u8; 32]) -> Result<Vec<(MailboxId, u64)>> {
         Ok(self
             .lock()
@@ -348,14 +473,8 @@ impl RelayStore for MemRelayStore {
             .collect())
     }
 
-    fn deposited_before(&self, before_ms: u64, limit: usize) -> Result<Vec<(MailboxId, u64)>> {
-        Ok(self
-            .lock()
-            .expiry
-            .range(..(before_ms, [0; 32], 0))
-            .take(limit)
-            .map(|(_, m, s)| (*m, *s))
-            .collect())
+    fn expiry_marks(&self, limit: usize) -> Result<Vec<(u64, MailboxId)>> {
+        Ok(self.lock().marks.iter().take(limit).copied().collect())
     }
 
     fn totals(&self) -> Result<RelayTotals> {
@@ -377,19 +496,21 @@ impl RelayStore for MemRelayStore {
                     seq,
                     envelope,
                 } => {
-                    if let Some(old) = s.envelopes.remove(&(mailbox, seq)) {
-                        s.deletion.remove(&(old.deletion_hash, mailbox, seq));
-                        s.expiry.remove(&(old.deposited_at_ms, mailbox, seq));
-                    }
                     s.deletion.insert((envelope.deletion_hash, mailbox, seq));
-                    s.expiry.insert((envelope.deposited_at_ms, mailbox, seq));
+                    s.marks
+                        .insert((expiry_bucket(envelope.deposited_at_ms), mailbox));
                     s.envelopes.insert((mailbox, seq), envelope);
                 }
-                RelayOp::RemoveEnvelope { mailbox, seq } => {
-                    if let Some(old) = s.envelopes.remove(&(mailbox, seq)) {
-                        s.deletion.remove(&(old.deletion_hash, mailbox, seq));
-                        s.expiry.remove(&(old.deposited_at_ms, mailbox, seq));
-                    }
+                RelayOp::RemoveEnvelope {
+                    mailbox,
+                    seq,
+                    deletion_hash,
+                } => {
+                    s.envelopes.remove(&(mailbox, seq));
+                    s.deletion.remove(&(deletion_hash, mailbox, seq));
+                }
+                RelayOp::RemoveExpiryMark { bucket_ms, mailbox } => {
+                    s.marks.remove(&(bucket_ms, mailbox));
                 }
                 RelayOp::PutTotals(t) => s.totals = t,
             }
@@ -437,6 +558,43 @@ mod tests {
         drop(s);
         let s = SledRelayStore::open(dir.path()).unwrap();
         assert_eq!(s.mailbox(&[8; 32]).unwrap(), Some(mailbox_record()));
+    }
+
+    #[test]
+    fn a_schema_1_database_gets_expiry_marks_for_its_envelopes() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = |at: u64| RelayEnvelope {
+            deposited_at_ms: at,
+            deletion_hash: [at as u8; 32],
+            envelope: vec![1; 10],
+        };
+        {
+            let db = sled::Config::new().path(dir.path()).open().unwrap();
+            db.insert(KEY_SCHEMA, encode(&1u32).unwrap()).unwrap();
+            for (m, seq, at) in [(1u8, 1u64, 1_500u64), (1, 2, 1_700), (2, 1, 9_000)] {
+                let m = [m; 32];
+                db.insert(env_key(&m, seq), encode(&e(at)).unwrap())
+                    .unwrap();
+                db.insert(del_key(&[at as u8; 32], &m, seq), &[][..])
+                    .unwrap();
+                db.insert(
+                    k(P_EXPIRY_V1, &[&at.to_be_bytes(), &m, &seq.to_be_bytes()]),
+                    &[][..],
+                )
+                .unwrap();
+            }
+            db.flush().unwrap();
+        }
+        let s = SledRelayStore::open(dir.path()).unwrap();
+        assert_eq!(
+            s.expiry_marks(10).unwrap(),
+            vec![(1_000, [1; 32]), (9_000, [2; 32])]
+        );
+        assert_eq!(s.db.scan_prefix(P_EXPIRY_V1, 10).unwrap(), Vec::new());
+        assert_eq!(s.envelope(&[2; 32], 1).unwrap(), Some(e(9_000)));
+        drop(s);
+        let s = SledRelayStore::open(dir.path()).unwrap();
+        assert_eq!(s.expiry_marks(10).unwrap().len(), 2);
     }
 
     #[test]

@@ -27,13 +27,22 @@ fn op() -> impl Strategy<Value = RelayOp> {
                 mailbox: m,
                 seq,
                 envelope: RelayEnvelope {
-                    deposited_at_ms: at * 100,
+                    deposited_at_ms: at * 700,
                     deletion_hash: [h; 32],
                     envelope: vec![h; len],
                 },
             }
         }),
-        (mailbox(), 0u64..6).prop_map(|(m, seq)| RelayOp::RemoveEnvelope { mailbox: m, seq }),
+        // With the hash it was put with, mostly (both stores trust the caller's hash).
+        (mailbox(), 0u64..6, 0u8..4).prop_map(|(m, seq, h)| RelayOp::RemoveEnvelope {
+            mailbox: m,
+            seq,
+            deletion_hash: [h; 32]
+        }),
+        (0u64..5, mailbox()).prop_map(|(b, m)| RelayOp::RemoveExpiryMark {
+            bucket_ms: b * 1_000,
+            mailbox: m
+        }),
         (0u64..9).prop_map(|n| RelayOp::PutTotals(RelayTotals {
             mailboxes: n,
             envelopes: n,
@@ -49,27 +58,39 @@ fn snapshot(s: &dyn RelayStore) -> String {
         out.push_str(&format!("\n{:?}", s.mailbox(&m).unwrap()));
         out.push_str(&format!("\n{:?}", s.envelopes(&m, 0, 100).unwrap()));
         out.push_str(&format!("\n{:?}", s.envelopes(&m, 2, 2).unwrap()));
-        out.push_str(&format!("\n{:?}", s.by_deletion_hash(&[i; 32]).unwrap()));
+        out.push_str(&format!(
+            "\n{:?}",
+            s.envelope_metas(&m, 0, u64::MAX, 100).unwrap()
+        ));
+        out.push_str(&format!("\n{:?}", s.envelope_metas(&m, 1, 4, 2).unwrap()));
     }
-    for at in [0, 150, 1_000] {
-        out.push_str(&format!("\n{:?}", s.deposited_before(at, 100).unwrap()));
+    for h in 0u8..4 {
+        out.push_str(&format!("\n{:?}", s.by_deletion_hash(&[h; 32]).unwrap()));
     }
+    out.push_str(&format!("\n{:?}", s.expiry_marks(100).unwrap()));
+    out.push_str(&format!("\n{:?}", s.expiry_marks(2).unwrap()));
     out
 }
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
     #[test]
-    fn sled_relay_store_matches_model(batches in proptest::collection::vec(proptest::collection::vec(op(), 0..6), 1..10)) {
+    fn sled_relay_store_matches_model(batches in proptest::collection::vec((proptest::collection::vec(op(), 0..6), any::<bool>()), 1..10)) {
         let dir = tempfile::tempdir().unwrap();
         let model = MemRelayStore::new();
         {
             let sled = SledRelayStore::open(dir.path()).unwrap();
-            for batch in &batches {
-                sled.apply(batch.clone()).unwrap();
+            for (batch, deferred) in &batches {
+                // Deferred batches wait in memory for a later flush; reads see them at once.
+                if *deferred {
+                    sled.apply_deferred(batch.clone()).unwrap();
+                } else {
+                    sled.apply(batch.clone()).unwrap();
+                }
                 model.apply(batch.clone()).unwrap();
                 prop_assert_eq!(snapshot(&sled), snapshot(&model));
             }
+            sled.flush().unwrap();
         }
         let reopened = SledRelayStore::open(dir.path()).unwrap();
         prop_assert_eq!(snapshot(&reopened), snapshot(&model));

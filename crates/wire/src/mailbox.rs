@@ -25,6 +25,14 @@ pub const MAX_MAILBOX_FRAME_BYTES: usize = 1024 * 1024;
 pub const MAX_ENVELOPE_BYTES: usize = 64 * 1024;
 /// Most envelopes one fetch returns, and most sequence numbers one delete names.
 pub const MAX_BATCH: usize = 256;
+/// Most envelopes one [`MailboxRequest::DepositBatch`] carries (the frame limit usually stops
+/// a batch first: about 950 envelopes of 1 KiB fit in one).
+pub const MAX_DEPOSIT_ITEMS: usize = 1024;
+/// Most envelopes one [`MailboxRequest::FetchPage`] returns (the relay also stops a page
+/// before the frame limit).
+pub const MAX_PAGE_ITEMS: usize = 4096;
+/// Widest span of sequence numbers one [`MailboxRequest::DeleteRange`] covers.
+pub const MAX_DELETE_SPAN: u64 = 65_536;
 /// Most deletion secrets one purge reveals.
 pub const MAX_PURGE_SECRETS: usize = 1024;
 /// Most mailboxes one subscription names.
@@ -82,6 +90,53 @@ pub enum MailboxRequest {
     },
     /// Relay to subscriber: new envelopes wait in this mailbox.
     Notify { mailbox: MailboxId },
+    // New variants go last: postcard numbers variants in order, so older frames stay valid.
+    /// Many deposits in one request (in one or several mailboxes), answered with
+    /// [`MailboxResponse::Deposits`]: one signed receipt for those stored, a refusal for each
+    /// of the others.
+    DepositBatch { items: Vec<DepositItem> },
+    /// Like [`MailboxRequest::Fetch`], but pages of up to [`MAX_PAGE_ITEMS`] (and the frame
+    /// limit) instead of [`MAX_BATCH`].
+    FetchPage {
+        mailbox: MailboxId,
+        after: u64,
+        limit: u32,
+        auth: OwnerAuth,
+    },
+    /// The owner deletes every envelope with a sequence number in `after + 1 ..= through`
+    /// (a span of at most [`MAX_DELETE_SPAN`]): what one or more fetches returned.
+    DeleteRange {
+        mailbox: MailboxId,
+        after: u64,
+        through: u64,
+        auth: OwnerAuth,
+    },
+}
+
+/// One deposit of a [`MailboxRequest::DepositBatch`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DepositItem {
+    pub mailbox: MailboxId,
+    #[serde(with = "crate::secret::serde_bytes_compat")]
+    pub envelope: Vec<u8>,
+    pub deletion_hash: [u8; 32],
+}
+
+/// One stored deposit of a batch, as its receipt names it: the item's position in the
+/// request, and what [`Receipted::Deposited`] says of a single deposit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DepositedItem {
+    pub index: u32,
+    pub mailbox: MailboxId,
+    pub seq: u64,
+    pub envelope_hash: [u8; 32],
+}
+
+/// One refused deposit of a batch (nothing of it was stored).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefusedItem {
+    pub index: u32,
+    pub why: Refusal,
 }
 
 /// One stored envelope as a fetch returns it.
@@ -116,6 +171,16 @@ pub enum Receipted {
     },
     MailboxPurged {
         mailbox: MailboxId,
+    },
+    /// The deposits of a batch that are stored durably, in request order.
+    DepositedBatch {
+        items: Vec<DepositedItem>,
+    },
+    /// Nothing with a sequence number in `after + 1 ..= through` is held any more.
+    DeletedRange {
+        mailbox: MailboxId,
+        after: u64,
+        through: u64,
     },
 }
 
@@ -160,6 +225,12 @@ pub enum MailboxResponse {
     Malformed,
     UnsupportedVersion {
         supported: u16,
+    },
+    /// The answer to a [`MailboxRequest::DepositBatch`]: `receipt` (a
+    /// [`Receipted::DepositedBatch`]) names the items stored, `refused` the others.
+    Deposits {
+        receipt: Receipt,
+        refused: Vec<RefusedItem>,
     },
 }
 
@@ -213,6 +284,8 @@ pub enum OwnerOp<'a> {
     Delete { seqs: &'a [u64] },
     PurgeMailbox,
     Subscribe,
+    FetchPage { after: u64, limit: u32 },
+    DeleteRange { after: u64, through: u64 },
 }
 
 impl OwnerOp<'_> {
@@ -223,12 +296,18 @@ impl OwnerOp<'_> {
         timestamp_ms: u64,
         nonce: &[u8; 16],
     ) -> Result<Vec<u8>, WireError> {
+        let through;
         let (op, after, limit, seqs): (u8, u64, u32, &[u64]) = match *self {
             OwnerOp::Create => (1, 0, 0, &[]),
             OwnerOp::Fetch { after, limit } => (2, after, limit, &[]),
             OwnerOp::Delete { seqs } => (3, 0, 0, seqs),
             OwnerOp::PurgeMailbox => (4, 0, 0, &[]),
             OwnerOp::Subscribe => (5, 0, 0, &[]),
+            OwnerOp::FetchPage { after, limit } => (6, after, limit, &[]),
+            OwnerOp::DeleteRange { after, through: t } => {
+                through = [t];
+                (7, after, 0, &through)
+            }
         };
         owner_bytes(op, mailbox, after, limit, seqs, timestamp_ms, nonce)
     }
@@ -264,7 +343,34 @@ impl MailboxRequest {
                 .iter()
                 .map(|(m, a)| (m, OwnerOp::Subscribe, a))
                 .collect(),
+            MailboxRequest::FetchPage {
+                mailbox,
+                after,
+                limit,
+                auth,
+            } => vec![(
+                mailbox,
+                OwnerOp::FetchPage {
+                    after: *after,
+                    limit: *limit,
+                },
+                auth,
+            )],
+            MailboxRequest::DeleteRange {
+                mailbox,
+                after,
+                through,
+                auth,
+            } => vec![(
+                mailbox,
+                OwnerOp::DeleteRange {
+                    after: *after,
+                    through: *through,
+                },
+                auth,
+            )],
             MailboxRequest::Deposit { .. }
+            | MailboxRequest::DepositBatch { .. }
             | MailboxRequest::Purge { .. }
             | MailboxRequest::Notify { .. } => Vec::new(),
         }
@@ -291,6 +397,23 @@ impl MailboxRequest {
             }
             MailboxRequest::Subscribe { mailboxes } if mailboxes.len() > MAX_SUBSCRIBE => {
                 too_large("subscription", mailboxes.len(), MAX_SUBSCRIBE)
+            }
+            MailboxRequest::DepositBatch { items } if items.len() > MAX_DEPOSIT_ITEMS => {
+                too_large("deposit batch", items.len(), MAX_DEPOSIT_ITEMS)
+            }
+            MailboxRequest::DepositBatch { items } => {
+                match items.iter().find(|i| i.envelope.len() > MAX_ENVELOPE_BYTES) {
+                    Some(i) => too_large("envelope", i.envelope.len(), MAX_ENVELOPE_BYTES),
+                    None => Ok(r),
+                }
+            }
+            MailboxRequest::DeleteRange { after, through, .. }
+                if through
+                    .checked_sub(*after)
+                    .is_none_or(|span| span > MAX_DELETE_SPAN) =>
+            {
+                let span = through.saturating_sub(*after).min(usize::MAX as u64) as usize;
+                too_large("delete range", span, MAX_DELETE_SPAN as usize)
             }
             _ => Ok(r),
         }
@@ -321,13 +444,21 @@ impl MailboxResponse {
     pub fn decode(bytes: &[u8]) -> Result<MailboxResponse, ProtoError> {
         let body = split_version(bytes, MAX_MAILBOX_FRAME_BYTES)?;
         let r: MailboxResponse = decode_with_limit(body, MAX_MAILBOX_FRAME_BYTES)?;
+        let too_large = |what, len, max| Err(ProtoError::TooLarge { what, len, max });
         match &r {
-            MailboxResponse::Envelopes { items, .. } if items.len() > MAX_BATCH => {
-                Err(ProtoError::TooLarge {
-                    what: "fetch answer",
-                    len: items.len(),
-                    max: MAX_BATCH,
-                })
+            MailboxResponse::Envelopes { items, .. } if items.len() > MAX_PAGE_ITEMS => {
+                too_large("fetch answer", items.len(), MAX_PAGE_ITEMS)
+            }
+            MailboxResponse::Deposits { receipt, refused } => {
+                let stored = match &receipt.what {
+                    Receipted::DepositedBatch { items } => items.len(),
+                    _ => 0,
+                };
+                if stored + refused.len() > MAX_DEPOSIT_ITEMS {
+                    too_large("deposit answer", stored + refused.len(), MAX_DEPOSIT_ITEMS)
+                } else {
+                    Ok(r)
+                }
             }
             _ => Ok(r),
         }
@@ -463,11 +594,215 @@ mod tests {
         );
     }
 
+    fn batch(n: usize, envelope_len: usize) -> MailboxRequest {
+        MailboxRequest::DepositBatch {
+            items: (0..n)
+                .map(|i| DepositItem {
+                    mailbox: [i as u8; 32],
+                    envelope: vec![i as u8; envelope_len],
+                    deletion_hash: [2; 32],
+                })
+                .collect(),
+        }
+    }
+
+    fn deposits_answer(stored: usize, refused: usize) -> MailboxResponse {
+        MailboxResponse::Deposits {
+            receipt: Receipt {
+                relay: [8; 32],
+                at_ms: 77,
+                what: Receipted::DepositedBatch {
+                    items: (0..stored)
+                        .map(|i| DepositedItem {
+                            index: i as u32,
+                            mailbox: [1; 32],
+                            seq: i as u64 + 1,
+                            envelope_hash: [5; 32],
+                        })
+                        .collect(),
+                },
+                signature: [6; 64],
+            },
+            refused: (0..refused)
+                .map(|i| RefusedItem {
+                    index: (stored + i) as u32,
+                    why: Refusal::MailboxFull,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn batch_frames_roundtrip() {
+        let reqs = vec![
+            batch(3, 1024),
+            MailboxRequest::FetchPage {
+                mailbox: [1; 32],
+                after: 10,
+                limit: 4096,
+                auth: auth(),
+            },
+            MailboxRequest::DeleteRange {
+                mailbox: [1; 32],
+                after: 10,
+                through: 10 + MAX_DELETE_SPAN,
+                auth: auth(),
+            },
+        ];
+        for r in reqs {
+            assert_eq!(MailboxRequest::decode(&r.encode().unwrap()).unwrap(), r);
+        }
+        let resps = vec![
+            deposits_answer(2, 1),
+            MailboxResponse::Receipt(Receipt {
+                relay: [8; 32],
+                at_ms: 1,
+                what: Receipted::DeletedRange {
+                    mailbox: [1; 32],
+                    after: 3,
+                    through: 9,
+                },
+                signature: [6; 64],
+            }),
+            MailboxResponse::Envelopes {
+                items: (0..MAX_PAGE_ITEMS as u64)
+                    .map(|seq| StoredEnvelope {
+                        seq,
+                        deposited_at_ms: 1,
+                        envelope: vec![1],
+                    })
+                    .collect(),
+                more: true,
+            },
+        ];
+        for r in resps {
+            assert_eq!(MailboxResponse::decode(&r.encode().unwrap()).unwrap(), r);
+        }
+    }
+
+    #[test]
+    fn frames_of_the_first_variants_keep_their_encoding() {
+        // New variants are appended: a Deposit and a Receipt encode as before (variant 1, 0).
+        let dep = MailboxRequest::Deposit {
+            mailbox: [1; 32],
+            envelope: vec![7; 3],
+            deletion_hash: [2; 32],
+        };
+        let bytes = dep.encode().unwrap();
+        assert_eq!(bytes[..2], [crate::PROTOCOL_VERSION as u8, 1]);
+        let notify = MailboxRequest::Notify { mailbox: [1; 32] }
+            .encode()
+            .unwrap();
+        assert_eq!(notify[1], 7, "Notify is still variant 7");
+        assert_eq!(batch(1, 1).encode().unwrap()[1], 8);
+    }
+
+    #[test]
+    fn batch_limits_are_enforced_when_decoding() {
+        let too_large = |r: &MailboxRequest| {
+            matches!(
+                MailboxRequest::decode(&r.encode().unwrap()),
+                Err(ProtoError::TooLarge { .. })
+            )
+        };
+        assert!(too_large(&batch(MAX_DEPOSIT_ITEMS + 1, 1)));
+        assert!(!too_large(&batch(MAX_DEPOSIT_ITEMS, 1)));
+        let mut one_big = batch(2, 1);
+        if let MailboxRequest::DepositBatch { items } = &mut one_big {
+            items[1].envelope = vec![0; MAX_ENVELOPE_BYTES + 1];
+        }
+        assert!(too_large(&one_big));
+        let range = |after, through| MailboxRequest::DeleteRange {
+            mailbox: [1; 32],
+            after,
+            through,
+            auth: auth(),
+        };
+        assert!(too_large(&range(0, MAX_DELETE_SPAN + 1)));
+        assert!(too_large(&range(5, 4)), "an inverted range is refused");
+        assert!(!too_large(&range(u64::MAX - 1, u64::MAX)));
+        // A frame of many 1 KiB envelopes past the frame limit is refused before decoding.
+        assert!(MailboxRequest::decode(&batch(1000, 1100).encode().unwrap()).is_err());
+        let answer = deposits_answer(MAX_DEPOSIT_ITEMS, 1);
+        assert!(matches!(
+            MailboxResponse::decode(&answer.encode().unwrap()),
+            Err(ProtoError::TooLarge { .. })
+        ));
+        let page = MailboxResponse::Envelopes {
+            items: vec![
+                StoredEnvelope {
+                    seq: 1,
+                    deposited_at_ms: 1,
+                    envelope: vec![],
+                };
+                MAX_PAGE_ITEMS + 1
+            ],
+            more: false,
+        };
+        assert!(MailboxResponse::decode(&page.encode().unwrap()).is_err());
+    }
+
+    #[test]
+    fn owner_signatures_of_pages_and_ranges_are_their_own() {
+        let m = [1; 32];
+        let n = [0; 16];
+        let sig = |op: OwnerOp<'_>| op.signed_bytes(&m, 1, &n).unwrap();
+        assert_ne!(
+            sig(OwnerOp::FetchPage {
+                after: 1,
+                limit: 10
+            }),
+            sig(OwnerOp::Fetch {
+                after: 1,
+                limit: 10
+            })
+        );
+        assert_ne!(
+            sig(OwnerOp::DeleteRange {
+                after: 1,
+                through: 10
+            }),
+            sig(OwnerOp::DeleteRange {
+                after: 1,
+                through: 11
+            })
+        );
+        assert_ne!(
+            sig(OwnerOp::DeleteRange {
+                after: 0,
+                through: 10
+            }),
+            sig(OwnerOp::Delete { seqs: &[10] })
+        );
+    }
+
     proptest! {
         #[test]
         fn arbitrary_frames_never_panic(b in proptest::collection::vec(any::<u8>(), 0..800)) {
             let _ = MailboxRequest::decode(&b);
             let _ = MailboxResponse::decode(&b);
+        }
+
+        #[test]
+        fn damaged_batch_frames_never_panic(
+            n in 0usize..6,
+            cut in any::<prop::sample::Index>(),
+            flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..8),
+        ) {
+            for mut b in [
+                batch(n, 40).encode().unwrap(),
+                deposits_answer(n, n / 2).encode().unwrap(),
+            ] {
+                for (at, x) in &flips {
+                    let i = at.index(b.len());
+                    b[i] ^= x;
+                }
+                let _ = MailboxRequest::decode(&b);
+                let _ = MailboxResponse::decode(&b);
+                b.truncate(cut.index(b.len() + 1));
+                let _ = MailboxRequest::decode(&b);
+                let _ = MailboxResponse::decode(&b);
+            }
         }
     }
 }

@@ -431,10 +431,96 @@ pub struct RelayEnvelope {
     pub envelope: Vec<u8>,
 }
 
+/// What a relay needs to know of a held envelope to remove it or let it expire: its header,
+/// and the length of its bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RelayEnvelopeMeta {
+    pub deposited_at_ms: u64,
+    pub deletion_hash: [u8; 32],
+    pub len: u64,
+}
+
+/// [`RelayEnvelope`] with its bytes borrowed: the same encoding.
+#[derive(Deserialize)]
+struct RelayEnvelopeView<'a> {
+    deposited_at_ms: u64,
+    deletion_hash: [u8; 32],
+    #[serde(borrow)]
+    envelope: &'a [u8],
+}
+
+impl RelayEnvelope {
+    /// Reads the header of an encoded [`RelayEnvelope`] without copying its bytes (the
+    /// whole record must be well formed, as [`crate::decode`] would require).
+    pub fn decode_meta(bytes: &[u8]) -> Result<RelayEnvelopeMeta, crate::WireError> {
+        if bytes.len() > crate::codec::MAX_RECORD_BYTES {
+            return Err(crate::WireError::TooLarge {
+                len: bytes.len(),
+                limit: crate::codec::MAX_RECORD_BYTES,
+            });
+        }
+        let (v, rest) =
+            postcard::take_from_bytes::<RelayEnvelopeView<'_>>(bytes).map_err(|source| {
+                crate::WireError::Malformed {
+                    what: "RelayEnvelope",
+                    source,
+                }
+            })?;
+        if !rest.is_empty() {
+            return Err(crate::WireError::Trailing {
+                what: "RelayEnvelope",
+                extra: rest.len(),
+            });
+        }
+        Ok(RelayEnvelopeMeta {
+            deposited_at_ms: v.deposited_at_ms,
+            deletion_hash: v.deletion_hash,
+            len: v.envelope.len() as u64,
+        })
+    }
+}
+
 /// What a relay holds in all.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct RelayTotals {
     pub mailboxes: u64,
     pub envelopes: u64,
     pub bytes: u64,
+}
+
+#[cfg(test)]
+mod relay_envelope_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn the_header_reads_like_the_whole_record() {
+        let e = RelayEnvelope {
+            deposited_at_ms: 123_456,
+            deletion_hash: [9; 32],
+            envelope: vec![7; 1024],
+        };
+        let bytes = crate::encode(&e).unwrap();
+        assert_eq!(
+            RelayEnvelope::decode_meta(&bytes).unwrap(),
+            RelayEnvelopeMeta {
+                deposited_at_ms: 123_456,
+                deletion_hash: [9; 32],
+                len: 1024
+            }
+        );
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(RelayEnvelope::decode_meta(&longer).is_err());
+        assert!(RelayEnvelope::decode_meta(&bytes[..bytes.len() - 1]).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn headers_of_arbitrary_bytes_never_panic(b in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let meta = RelayEnvelope::decode_meta(&b);
+            let whole: Result<RelayEnvelope, _> = crate::decode(&b);
+            prop_assert_eq!(meta.is_ok(), whole.is_ok());
+        }
+    }
 }

@@ -12,7 +12,9 @@
 //! - **Deposits.** An outbox entry for a contact we are not connected to is sealed once and left
 //!   in each of the contact's mailboxes, with the hash of a deletion secret derived from our
 //!   account secret and the message id (so `account delete` can purge it without any stored
-//!   secret). A text shows "accepted by N relays" as signed receipts come, and stays in the
+//!   secret). What is due for a contact goes as one `DepositBatch` per mailbox (split only at
+//!   [`DEPOSIT_BATCH_BYTES`]), answered by one signed receipt that is checked for each
+//!   envelope (relay, mailbox, envelope hash). A text shows "accepted by N relays" as signed receipts come, and stays in the
 //!   outbox until the contact's device acknowledges it (directly or with `Delivered`); other
 //!   payloads (receipts, announcements) are done once a relay holds them.
 //!
@@ -20,11 +22,11 @@
 //! ([`Link::Owner`], [`Link::Depositor`]) with ephemeral transport identities.
 
 use instaconnect_crypto::{
-    deletion_hash, deposit_secret, envelope_hash, verify_receipt, MailboxKey,
+    check_batch_receipt, deletion_hash, deposit_secret, envelope_hash, verify_receipt, MailboxKey,
 };
 use instaconnect_wire::mailbox::{
-    MailboxId, MailboxRequest, MailboxResponse, OwnerOp, Receipt, Receipted, Refusal, MAX_BATCH,
-    MAX_SUBSCRIBE,
+    DepositItem, MailboxId, MailboxRequest, MailboxResponse, OwnerOp, Receipt, Receipted, Refusal,
+    MAX_BATCH, MAX_DEPOSIT_ITEMS, MAX_MAILBOX_FRAME_BYTES, MAX_SUBSCRIBE,
 };
 use instaconnect_wire::proto::{MailboxAddress, MsgId, MAX_ANNOUNCED_MAILBOXES, MAX_RECEIPT_IDS};
 use instaconnect_wire::records::{ContactMailboxes, DepositRecord, OwnMailbox};
@@ -37,6 +39,9 @@ pub const MAILBOXES_PER_CONTACT: usize = 2;
 pub const FETCH_LIMIT: u32 = MAX_BATCH as u32;
 /// Messages being deposited at once per contact.
 pub const MAX_DEPOSITING_PER_PEER: usize = 64;
+/// Envelope bytes per deposit request, under the mailbox frame limit (a batch of larger
+/// envelopes is split).
+pub const DEPOSIT_BATCH_BYTES: usize = MAX_MAILBOX_FRAME_BYTES * 3 / 4;
 
 /// A relay the shell knows.
 struct RelayLink {
@@ -77,13 +82,22 @@ enum MailboxPending {
         mailbox: MailboxId,
     },
     Delete,
+    /// A `DepositBatch` into `mailbox`: each item's message id and envelope hash, in order.
     Deposit {
-        id: MsgId,
         peer: String,
         mailbox: MailboxId,
         addrs: Vec<String>,
-        envelope_hash: [u8; 32],
+        items: Vec<(MsgId, [u8; 32])>,
     },
+}
+
+/// A deposit request being put together for one mailbox.
+#[derive(Default)]
+struct PendingBatch {
+    items: Vec<DepositItem>,
+    ids: Vec<(MsgId, [u8; 32])>,
+    bytes: usize,
+    after_flush: bool,
 }
 
 /// The engine's relay state; the store holds the same mailboxes and deposits durably.
@@ -102,6 +116,8 @@ pub(super) struct RelayState {
     pending: HashMap<u64, (String, MailboxPending)>,
     /// Outbox entries whose first sending must wait for the flush of what they acknowledge.
     pub(super) durable_first: HashSet<MsgId>,
+    /// Most envelopes per deposit request, if fewer than [`MAX_DEPOSIT_ITEMS`].
+    batch_limit: Option<usize>,
 }
 
 impl RelayState {
@@ -179,6 +195,12 @@ impl Engine {
                 .or_insert_with(|| b.rec.addrs.clone());
         }
         out.into_iter().collect()
+    }
+
+    /// Deposits at most `n` (at least 1) envelopes per request. The simulator's carrying
+    /// strategies, whose virtual relays tie each deposit to one message, set 1.
+    pub fn set_deposit_batch_limit(&mut self, n: usize) {
+        self.relay.batch_limit = Some(n.clamp(1, MAX_DEPOSIT_ITEMS));
     }
 
     fn mailbox_request(
@@ -570,24 +592,29 @@ impl Engine {
                 }
             }
             MailboxPending::Deposit {
-                id,
                 peer,
                 mailbox,
                 addrs,
-                envelope_hash,
+                items,
             } => {
-                let seq = match &answer {
-                    Some(MailboxResponse::Receipt(r)) if receipt_from(relay, r) => match r.what {
-                        Receipted::Deposited {
-                            mailbox: m,
-                            seq,
-                            envelope_hash: h,
-                        } if m == mailbox && h == envelope_hash => Some(seq),
-                        _ => None,
-                    },
+                // One signature for the batch; each item must be the mailbox and envelope
+                // we sent, or none of it is believed.
+                let sent: Vec<(MailboxId, [u8; 32])> =
+                    items.iter().map(|(_, h)| (mailbox, *h)).collect();
+                let seqs = match &answer {
+                    Some(MailboxResponse::Deposits { receipt, .. }) => {
+                        IdentityKey::from_bytes(&receipt.relay)
+                            .ok()
+                            .filter(|key| key.peer_id() == relay)
+                            .and_then(|key| check_batch_receipt(receipt, &key, &sent).ok())
+                    }
                     _ => None,
-                };
-                self.deposit_settled(&peer, id, relay, mailbox, addrs, seq, now_ms)
+                }
+                .unwrap_or_else(|| vec![None; items.len()]);
+                for ((id, _), seq) in items.into_iter().zip(seqs) {
+                    self.deposit_settled(&peer, id, relay, mailbox, addrs.clone(), seq, now_ms)?;
+                }
+                self.pump_outbox(Some(&peer), now_ms)
             }
         }
     }
@@ -763,6 +790,10 @@ impl Engine {
         }
         let secret = self.account.identity_secret.clone();
         let mut gone = Vec::new();
+        // Per mailbox (in `boxes` order): the batches going there, each with whether it must
+        // wait for the flush (one of its messages acknowledges something).
+        let mut batches: Vec<Vec<PendingBatch>> = boxes.iter().map(|_| Vec::new()).collect();
+        let limit = self.relay.batch_limit.unwrap_or(MAX_DEPOSIT_ITEMS);
         for id in due {
             let Some((plaintext, sent_at_ms)) = self.entry_plaintext(&id, now_ms)? else {
                 gone.push(id);
@@ -771,27 +802,23 @@ impl Engine {
             let envelope = self.seal_envelope(peer, &plaintext, id, sent_at_ms)?;
             let hash = envelope_hash(&envelope);
             let after_flush = self.relay.durable_first.remove(&id);
-            for b in &boxes {
+            for (b, out) in boxes.iter().zip(batches.iter_mut()) {
                 let dsecret = deposit_secret(secret.expose(), &id, &b.mailbox);
-                let req = MailboxRequest::Deposit {
+                let full = out.last().is_none_or(|p| {
+                    p.items.len() >= limit || p.bytes + envelope.len() > DEPOSIT_BATCH_BYTES
+                });
+                if full {
+                    out.push(PendingBatch::default());
+                }
+                let p = out.last_mut().expect("pushed above");
+                p.bytes += envelope.len();
+                p.after_flush |= after_flush;
+                p.ids.push((id, hash));
+                p.items.push(DepositItem {
                     mailbox: b.mailbox,
                     envelope: envelope.clone(),
                     deletion_hash: deletion_hash(&dsecret),
-                };
-                self.mailbox_request(
-                    &b.relay,
-                    b.addrs.clone(),
-                    Link::Depositor,
-                    &req,
-                    MailboxPending::Deposit {
-                        id,
-                        peer: peer.to_string(),
-                        mailbox: b.mailbox,
-                        addrs: b.addrs.clone(),
-                        envelope_hash: hash,
-                    },
-                    after_flush,
-                )?;
+                });
             }
             self.relay.depositing.insert(id, boxes.len());
             *self
@@ -800,10 +827,28 @@ impl Engine {
                 .entry(peer.to_string())
                 .or_default() += 1;
         }
+        for (b, out) in boxes.iter().zip(batches) {
+            for p in out {
+                self.mailbox_request(
+                    &b.relay,
+                    b.addrs.clone(),
+                    Link::Depositor,
+                    &MailboxRequest::DepositBatch { items: p.items },
+                    MailboxPending::Deposit {
+                        peer: peer.to_string(),
+                        mailbox: b.mailbox,
+                        addrs: b.addrs.clone(),
+                        items: p.ids,
+                    },
+                    p.after_flush,
+                )?;
+            }
+        }
         self.forget(&gone)
     }
 
-    /// One deposit of message `id` is answered: `seq` if the relay holds it.
+    /// One deposit of message `id` is answered: `seq` if the relay holds it. The caller pumps
+    /// the outbox once the whole batch is settled.
     #[allow(clippy::too_many_arguments)]
     fn deposit_settled(
         &mut self,
@@ -866,7 +911,7 @@ impl Engine {
         } else if let Some(e) = self.retry_later(&id, now_ms) {
             self.write(vec![Op::PutOutbox(e)])?;
         }
-        self.pump_outbox(Some(peer), now_ms)
+        Ok(())
     }
 
     /// Forgets where message `id` was deposited (it was acknowledged, or is gone).

@@ -29,7 +29,8 @@ use instaconnect_core::relay::{Relay, RelayConfig, RelayOutput};
 use instaconnect_crypto::{envelope_hash, sign_receipt, Identity};
 use instaconnect_store::MemRelayStore;
 use instaconnect_wire::mailbox::{
-    MailboxId, MailboxRequest, MailboxResponse, Receipted, Refusal, StoredEnvelope, MAX_BATCH,
+    DepositItem, DepositedItem, MailboxId, MailboxRequest, MailboxResponse, Receipted, Refusal,
+    RefusedItem, StoredEnvelope, MAX_BATCH,
 };
 
 use super::{norm, Ev, Link, World, EPOCH_MS};
@@ -329,24 +330,7 @@ impl Mail {
                 None => MailboxResponse::Refused(Refusal::UnknownMailbox),
                 Some(dest) => {
                     let hash = envelope_hash(&envelope);
-                    let bid = self.next_bundle;
-                    self.next_bundle += 1;
-                    self.bundles.insert(
-                        bid,
-                        Bundle {
-                            mailbox,
-                            dest,
-                            envelope: envelope.into(),
-                            created_ms: now,
-                            msg: None,
-                            holders: 0,
-                        },
-                    );
-                    let copies = match sc.routing.strategy {
-                        Strategy::SprayAndWait => sc.routing.copies.unwrap_or(1),
-                        _ => u32::MAX,
-                    };
-                    self.hold(sc, node, bid, Held { copies, hops: 0 });
+                    let bid = self.new_bundle(sc, node, now, mailbox, dest, envelope);
                     created = Some(bid);
                     receipt(Receipted::Deposited {
                         mailbox,
@@ -355,6 +339,46 @@ impl Mail {
                     })
                 }
             },
+            // Engines here deposit one envelope a request (`set_deposit_batch_limit(1)`), so a
+            // bundle is one message; any further item is refused.
+            Ok(MailboxRequest::DepositBatch { mut items }) if !items.is_empty() => {
+                let rest = items.split_off(1);
+                let DepositItem {
+                    mailbox, envelope, ..
+                } = items.remove(0);
+                let mut refused: Vec<RefusedItem> = (1..=rest.len() as u32)
+                    .map(|index| RefusedItem {
+                        index,
+                        why: Refusal::TooMany,
+                    })
+                    .collect();
+                let stored = match self.owners.get(&mailbox).copied() {
+                    None => {
+                        refused.insert(
+                            0,
+                            RefusedItem {
+                                index: 0,
+                                why: Refusal::UnknownMailbox,
+                            },
+                        );
+                        Vec::new()
+                    }
+                    Some(dest) => {
+                        let hash = envelope_hash(&envelope);
+                        let bid = self.new_bundle(sc, node, now, mailbox, dest, envelope);
+                        created = Some(bid);
+                        vec![DepositedItem {
+                            index: 0,
+                            mailbox,
+                            seq: bid,
+                            envelope_hash: hash,
+                        }]
+                    }
+                };
+                sign_receipt(&identity, at, Receipted::DepositedBatch { items: stored })
+                    .map(|receipt| MailboxResponse::Deposits { receipt, refused })
+                    .unwrap_or(MailboxResponse::Refused(Refusal::Unavailable))
+            }
             // Purges (account deletion) are not part of the simulated workload.
             Ok(_) => MailboxResponse::Refused(Refusal::Unavailable),
         };
@@ -364,6 +388,37 @@ impl Mail {
             .unwrap_or_default();
         self.virt = Some((identity, peer));
         (bytes, created)
+    }
+
+    /// A deposit into the carry buffer of `node`: a new bundle, held there.
+    fn new_bundle(
+        &mut self,
+        sc: &Scenario,
+        node: u32,
+        now: u64,
+        mailbox: MailboxId,
+        dest: u32,
+        envelope: Vec<u8>,
+    ) -> u64 {
+        let bid = self.next_bundle;
+        self.next_bundle += 1;
+        self.bundles.insert(
+            bid,
+            Bundle {
+                mailbox,
+                dest,
+                envelope: envelope.into(),
+                created_ms: now,
+                msg: None,
+                holders: 0,
+            },
+        );
+        let copies = match sc.routing.strategy {
+            Strategy::SprayAndWait => sc.routing.copies.unwrap_or(1),
+            _ => u32::MAX,
+        };
+        self.hold(sc, node, bid, Held { copies, hops: 0 });
+        bid
     }
 
     /// Ties bundle `bid` to workload message `msg`.
