@@ -11,6 +11,7 @@ use instaconnect_core::book::{
 use instaconnect_core::export::{role_str, GroupOut};
 use instaconnect_core::phone::{Phone, Region};
 use instaconnect_store::SledStore;
+use instaconnect_wire::proto::AttachmentKind;
 use instaconnect_wire::records::{GroupId, GroupRecord, Role};
 use serde_json::json;
 
@@ -80,14 +81,31 @@ pub enum Cmd {
     /// Who sees your phone, name, picture, status, online state, receipts and location
     #[command(subcommand)]
     Privacy(PrivacyCmd),
-    /// Send a text message to a contact (queued until their device can be reached)
+    /// Send a text message, a photo, video, voice message or file to a contact (queued until
+    /// their device can be reached)
     Send {
         /// Phone number or contact name
         contact: String,
-        /// The message (several words are joined with spaces; put text that starts with - after --)
-        #[arg(required = true, num_args = 1..)]
+        /// The message, or an attachment's caption (several words are joined with spaces; put
+        /// text that starts with - after --)
+        #[arg(num_args = 0.., required_unless_present_any = ["photo", "video", "voice", "file"])]
         text: Vec<String>,
+        /// Send a photo (PNG, JPEG or WebP): its size and a thumbnail go with it
+        #[arg(long, value_name = "FILE", group = "attachment")]
+        photo: Option<PathBuf>,
+        /// Send a video
+        #[arg(long, value_name = "FILE", group = "attachment")]
+        video: Option<PathBuf>,
+        /// Send a voice message
+        #[arg(long, value_name = "FILE", group = "attachment")]
+        voice: Option<PathBuf>,
+        /// Send any file
+        #[arg(long, value_name = "FILE", group = "attachment")]
+        file: Option<PathBuf>,
     },
+    /// Received photos, videos, voice messages and files
+    #[command(subcommand)]
+    Attachments(AttachmentsCmd),
     /// Conversations with unread counts and their last message
     Inbox,
     /// The messages of a conversation with ids, times and states (marks them read)
@@ -346,6 +364,19 @@ pub enum GroupsCmd {
     Show { group: String },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum AttachmentsCmd {
+    /// Write a received (or sent) attachment to a file
+    Save {
+        /// The message id (`instaconnect history CONTACT --json`)
+        id: String,
+        /// Where to write it (default: its own name, in the current directory); never
+        /// overwrites a file
+        #[arg(long, value_name = "PATH")]
+        out: Option<PathBuf>,
+    },
+}
+
 #[derive(Subcommand, Debug)]
 pub enum PrivacyCmd {
     /// Set who sees a field: phone, name, picture, status, online, receipts or location
@@ -418,7 +449,7 @@ impl<'a> Ctx<'a> {
 
     /// The path to read or write for a file the user named. Messages keep showing the path as
     /// given; inside the node a relative path is taken from the client's working directory.
-    fn file(&self, given: &Path) -> Result<PathBuf, Failure> {
+    pub(crate) fn file(&self, given: &Path) -> Result<PathBuf, Failure> {
         match self.source {
             Source::Node { cwd, .. } if given.is_relative() => match cwd {
                 Some(cwd) => Ok(cwd.join(given)),
@@ -477,6 +508,7 @@ impl Cli {
             Cmd::Invite { .. } => "invite",
             Cmd::Export { .. } => "export",
             Cmd::Send { .. } => "send",
+            Cmd::Attachments(AttachmentsCmd::Save { .. }) => "attachments save",
             Cmd::Inbox => "inbox",
             Cmd::History { .. } => "history",
             Cmd::Read { .. } => "read",
@@ -501,6 +533,7 @@ impl Cli {
                         | ContactsCmd::Requests
                 ),
                 Cmd::Send { .. } | Cmd::History { .. } | Cmd::Read { .. } => true,
+                Cmd::Attachments(_) => false,
                 Cmd::Chat { .. } => false,
                 Cmd::Inbox | Cmd::Nearby | Cmd::Sim(_) => false,
                 Cmd::Block { .. } | Cmd::Unblock { .. } => true,
@@ -688,7 +721,37 @@ pub fn execute(cli: Cli, home: &Home, source: Source<'_>, out: &mut Out) -> Resu
         }
         Cmd::Groups(g) => groups(&ctx, out, g),
         Cmd::Privacy(p) => privacy(&ctx, out, p),
-        Cmd::Send { contact, text } => crate::messaging::send(&ctx, out, &contact, text.join(" ")),
+        Cmd::Send {
+            contact,
+            text,
+            photo,
+            video,
+            voice,
+            file,
+        } => {
+            let attached = [
+                (AttachmentKind::Photo, photo),
+                (AttachmentKind::Video, video),
+                (AttachmentKind::Voice, voice),
+                (AttachmentKind::File, file),
+            ]
+            .into_iter()
+            .find_map(|(k, p)| p.map(|p| (k, p)));
+            match attached {
+                Some((kind, path)) => crate::messaging::send_attachment(
+                    &ctx,
+                    out,
+                    &contact,
+                    kind,
+                    &path,
+                    Some(text.join(" ")),
+                ),
+                None => crate::messaging::send(&ctx, out, &contact, text.join(" ")),
+            }
+        }
+        Cmd::Attachments(AttachmentsCmd::Save { id, out: to }) => {
+            crate::messaging::save_attachment(&ctx, out, &id, to.as_deref())
+        }
         Cmd::Inbox => crate::messaging::inbox(&ctx, out),
         Cmd::History { contact } => crate::messaging::history(&ctx, out, &contact),
         Cmd::Read { contact } => crate::messaging::read(&ctx, out, &contact),

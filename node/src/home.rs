@@ -34,6 +34,18 @@ impl Home {
         self.dir.join("db")
     }
 
+    /// Where attachments' bytes live (sent and received files, by message id).
+    pub fn media_dir(&self) -> PathBuf {
+        self.dir.join("media")
+    }
+
+    /// The attachment store in [`Home::media_dir`].
+    pub fn blobs(&self) -> Result<std::sync::Arc<instaconnect_store::DirBlobs>, Failure> {
+        instaconnect_store::DirBlobs::open(&self.media_dir())
+            .map(std::sync::Arc::new)
+            .map_err(|e| Failure::Failed(anyhow!("{e}")))
+    }
+
     /// Where a running node writes its control API's port, token and pid (mode 0600).
     pub fn control_path(&self) -> PathBuf {
         self.dir.join("control.json")

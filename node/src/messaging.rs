@@ -6,9 +6,14 @@ use std::sync::Arc;
 
 use anyhow::anyhow;
 use instaconnect_core::book::Book;
-use instaconnect_core::engine::{Command, Engine, EngineError};
+use std::path::Path;
+
+use instaconnect_core::engine::{seal_attachment, AttachmentMeta, Command, Engine, EngineError};
 use instaconnect_crypto::ContactCard;
+use instaconnect_crypto::MAX_ATTACHMENT_BYTES;
+use instaconnect_store::Blobs;
 use instaconnect_store::{SledStore, Store};
+use instaconnect_wire::proto::{AttachmentKind, MAX_ATTACHMENT_NAME_BYTES, MAX_THUMBNAIL_BYTES};
 use instaconnect_wire::records::{DeliveryState, Direction};
 use rand::RngCore;
 use serde_json::json;
@@ -25,6 +30,7 @@ fn engine_failure(e: EngineError) -> Failure {
         EngineError::Store(_)
         | EngineError::Crypto(_)
         | EngineError::Wire(_)
+        | EngineError::Blob(_)
         | EngineError::NoAccount => Failure::Failed(e.into()),
         other => Failure::Usage(other.into()),
     }
@@ -48,7 +54,9 @@ pub fn engine_command(
     let mut seed = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut seed);
     let shared: Arc<dyn Store> = Arc::new(store.clone());
-    let mut engine = Engine::new(shared, seed).map_err(engine_failure)?;
+    let mut engine = Engine::new(shared, seed)
+        .map_err(engine_failure)?
+        .with_blobs(ctx.home.blobs()?);
     let r = engine.command(now_ms(), cmd).map_err(engine_failure)?;
     engine.commit().map_err(engine_failure)?;
     Ok(r)
@@ -190,6 +198,7 @@ pub fn history(ctx: &Ctx<'_>, out: &mut Out, contact: &str) -> Result<(), Failur
                     },
                     "sent_at_ms": m.sent_at_ms,
                     "stored_at_ms": m.stored_at_ms,
+                    "attachment": attachment_json(&store, &m.id),
                 })
             })
             .collect();
@@ -208,7 +217,20 @@ pub fn history(ctx: &Ctx<'_>, out: &mut Out, contact: &str) -> Result<(), Failur
             } else {
                 String::new()
             };
-            out.line(format!("{} {who}: {}{state}", time(m.stored_at_ms), m.text));
+            let attached = attachment_line(&store, &m.id)
+                .map(|a| {
+                    if m.text.is_empty() {
+                        a
+                    } else {
+                        format!("{a} ")
+                    }
+                })
+                .unwrap_or_default();
+            out.line(format!(
+                "{} {who}: {attached}{}{state}",
+                time(m.stored_at_ms),
+                m.text
+            ));
         }
     }
     // Showing the conversation is reading it: receipts go out as the reader's privacy allows.
@@ -373,4 +395,323 @@ pub fn nearby(ctx: &Ctx<'_>, out: &mut Out) -> Result<(), Failure> {
         out.table(&["PEER", "NAME", "PHONE", "CONTACT", "LAST SEEN"], &rows);
     }
     Ok(())
+}
+
+/// Largest piece of a file read or written at once.
+const FILE_PIECE: usize = 1024 * 1024;
+
+fn kind_name(k: AttachmentKind) -> &'static str {
+    match k {
+        AttachmentKind::Photo => "photo",
+        AttachmentKind::Video => "video",
+        AttachmentKind::Voice => "voice",
+        AttachmentKind::File => "file",
+    }
+}
+
+/// The attachment of a message, for `history --json` (`null` if it has none).
+fn attachment_json(store: &SledStore, id: &[u8; 16]) -> serde_json::Value {
+    match store.attachment(id).ok().flatten() {
+        Some(a) => json!({
+            "kind": kind_name(a.manifest.kind),
+            "name": a.manifest.name,
+            "mime": a.manifest.mime,
+            "size": a.manifest.size,
+            "width": a.manifest.width,
+            "height": a.manifest.height,
+            "duration_ms": a.manifest.duration_ms,
+            "complete": a.complete,
+            "chunks": a.manifest.chunks.len(),
+            "chunks_stored": a.stored().min(a.manifest.chunks.len()),
+        }),
+        None => serde_json::Value::Null,
+    }
+}
+
+/// The attachment of a message as `history` shows it: `[photo beach.png, 293 KiB]`.
+fn attachment_line(store: &SledStore, id: &[u8; 16]) -> Option<String> {
+    let a = store.attachment(id).ok().flatten()?;
+    let progress = if a.complete {
+        String::new()
+    } else {
+        format!(
+            ", {} of {} chunks received",
+            a.stored(),
+            a.manifest.chunks.len()
+        )
+    };
+    Some(format!(
+        "[{} {}, {}{progress}]",
+        kind_name(a.manifest.kind),
+        a.manifest.name,
+        human_size(a.manifest.size)
+    ))
+}
+
+fn human_size(n: u64) -> String {
+    match n {
+        n if n < 1024 => format!("{n} B"),
+        n if n < 1024 * 1024 => format!("{} KiB", n / 1024),
+        n if n < 1024 * 1024 * 1024 => format!("{:.1} MiB", n as f64 / (1024.0 * 1024.0)),
+        n => format!("{:.2} GiB", n as f64 / (1024.0 * 1024.0 * 1024.0)),
+    }
+}
+
+/// The media type of a file, from its extension.
+fn mime_of(path: &Path) -> &'static str {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+        .unwrap_or_default();
+    match ext.as_str() {
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "webp" => "image/webp",
+        "gif" => "image/gif",
+        "mp4" | "m4v" => "video/mp4",
+        "webm" => "video/webm",
+        "mov" => "video/quicktime",
+        "ogg" | "opus" => "audio/ogg",
+        "m4a" => "audio/mp4",
+        "mp3" => "audio/mpeg",
+        "wav" => "audio/wav",
+        "pdf" => "application/pdf",
+        "txt" => "text/plain",
+        "zip" => "application/zip",
+        _ => "application/octet-stream",
+    }
+}
+
+/// `send CONTACT --photo|--video|--voice|--file FILE [CAPTION]`: copies the file into the
+/// attachment store, seals it, and sends its manifest; the recipient's device fetches the
+/// chunks from this one.
+pub fn send_attachment(
+    ctx: &Ctx<'_>,
+    out: &mut Out,
+    contact: &str,
+    kind: AttachmentKind,
+    given: &Path,
+    caption: Option<String>,
+) -> Result<(), Failure> {
+    let store = ctx.open()?;
+    let c = Book::new(&*store).resolve_contact(contact, ctx.region.as_ref())?;
+    let path = ctx.file(given)?;
+    let size = std::fs::metadata(&path)
+        .map_err(|e| usage(anyhow!("cannot read {}: {e}", given.display())))?
+        .len();
+    if size > MAX_ATTACHMENT_BYTES {
+        return Err(usage(anyhow!(
+            "{} is too large to send: {} (at most {})",
+            given.display(),
+            human_size(size),
+            human_size(MAX_ATTACHMENT_BYTES)
+        )));
+    }
+    let name = path
+        .file_name()
+        .map(|n| {
+            n.to_string_lossy()
+                .chars()
+                .take(MAX_ATTACHMENT_NAME_BYTES / 4)
+                .collect()
+        })
+        .unwrap_or_else(|| "file".to_string());
+    let mut meta = AttachmentMeta {
+        kind,
+        name,
+        mime: mime_of(&path).to_string(),
+        width: None,
+        height: None,
+        duration_ms: None,
+        thumbnail: None,
+        caption: caption.filter(|c| !c.trim().is_empty()),
+    };
+    if kind == AttachmentKind::Photo {
+        let bytes = std::fs::read(&path)
+            .map_err(|e| usage(anyhow!("cannot read {}: {e}", given.display())))?;
+        let pic = instaconnect_core::picture::load_picture(bytes).map_err(|e| {
+            usage(anyhow!(
+                "{} is not a photo this app can show: {e}",
+                given.display()
+            ))
+        })?;
+        meta.width = Some(pic.width);
+        meta.height = Some(pic.height);
+        meta.mime = pic.format.mime_type().to_string();
+        if pic.thumbnail_png.len() <= MAX_THUMBNAIL_BYTES {
+            meta.thumbnail = Some(pic.thumbnail_png);
+        }
+    }
+    let blobs = ctx.home.blobs()?;
+    let mut id = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut id);
+    let copied = copy_in(blobs.as_ref(), &id, &path).map_err(|e| {
+        let _ = blobs.remove(&id);
+        Failure::Failed(anyhow!("cannot copy {}: {e}", given.display()))
+    });
+    copied?;
+    let sent = seal_attachment(blobs.as_ref(), &id, meta, &mut rand::rngs::OsRng)
+        .map_err(engine_failure)
+        .and_then(|manifest| {
+            engine_command(
+                ctx,
+                &store,
+                Command::SendAttachment {
+                    to: c.phone.clone(),
+                    id,
+                    manifest: Box::new(manifest),
+                },
+            )
+        });
+    let id_hex = match sent {
+        Ok(id) => id.unwrap_or_default(),
+        Err(e) => {
+            let _ = blobs.remove(&id);
+            return Err(e);
+        }
+    };
+    let state = id_state(&store, &id_hex).unwrap_or(DeliveryState::Queued);
+    if ctx.json {
+        out.json(&json!({
+            "id": id_hex,
+            "to": c.phone,
+            "state": state_str(state),
+            "attachment": attachment_json(&store, &id),
+        }))?;
+    } else {
+        let line = attachment_line(&store, &id).unwrap_or_default();
+        out.line(format!(
+            "{} to {} ({id_hex}) {line}",
+            state.label(),
+            c.phone
+        ));
+        if !node_running(ctx) {
+            out.note(
+                "the node is not running: it goes out when `instaconnect run` reaches the contact",
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Copies a file into the attachment store under `id`, piece by piece, and syncs it.
+fn copy_in(blobs: &dyn Blobs, id: &[u8; 16], path: &Path) -> anyhow::Result<()> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; FILE_PIECE];
+    let mut offset = 0u64;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        blobs.write_at(id, offset, &buf[..n])?;
+        offset += n as u64;
+    }
+    if offset == 0 {
+        blobs.write_at(id, 0, &[])?;
+    }
+    blobs.sync(id)?;
+    Ok(())
+}
+
+/// `attachments save MESSAGE-ID [--out PATH]`: writes a complete attachment to a file (by
+/// default its name, in the current directory); never overwrites one.
+pub fn save_attachment(
+    ctx: &Ctx<'_>,
+    out: &mut Out,
+    id_hex: &str,
+    to: Option<&Path>,
+) -> Result<(), Failure> {
+    let store = ctx.open()?;
+    let id = parse_id(id_hex)?;
+    let a = store.attachment(&id)?.ok_or_else(|| {
+        usage(anyhow!(
+            "no attachment with message id {id_hex} (see `instaconnect history CONTACT`)"
+        ))
+    })?;
+    if !a.complete {
+        return Err(usage(anyhow!(
+            "the attachment is still arriving: {} of {} chunks (it resumes while both devices are online)",
+            a.stored(),
+            a.manifest.chunks.len()
+        )));
+    }
+    let own_name = Path::new(&a.manifest.name)
+        .file_name()
+        .filter(|n| !n.is_empty() && *n != "." && *n != "..")
+        .map(Path::new)
+        .unwrap_or(Path::new("attachment"))
+        .to_path_buf();
+    let given = to.map(Path::to_path_buf).unwrap_or(own_name);
+    let path = ctx.file(&given)?;
+    if path.exists() {
+        return Err(usage(anyhow!(
+            "{} exists already: choose another path with --out",
+            given.display()
+        )));
+    }
+    let blobs = ctx.home.blobs()?;
+    copy_out(blobs.as_ref(), &id, a.manifest.size, &path)
+        .map_err(|e| Failure::Failed(anyhow!("cannot write {}: {e}", given.display())))?;
+    if ctx.json {
+        out.json(&json!({"id": id_hex, "path": path, "size": a.manifest.size}))?;
+    } else {
+        out.line(format!(
+            "saved {} ({}) to {}",
+            a.manifest.name,
+            human_size(a.manifest.size),
+            given.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Writes `size` bytes of blob `id` to `path` via a temporary file and a rename.
+fn copy_out(blobs: &dyn Blobs, id: &[u8; 16], size: u64, path: &Path) -> anyhow::Result<()> {
+    use std::io::Write;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.part",
+        path.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
+    ));
+    let result = (|| -> anyhow::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
+        let mut offset = 0u64;
+        while offset < size {
+            let n = (size - offset).min(FILE_PIECE as u64) as usize;
+            f.write_all(&blobs.read_at(id, offset, n)?)?;
+            offset += n as u64;
+        }
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn parse_id(id: &str) -> Result<[u8; 16], Failure> {
+    let bytes: Option<Vec<u8>> = (0..id.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(id.get(i..i + 2)?, 16).ok())
+        .collect();
+    bytes
+        .and_then(|b| <[u8; 16]>::try_from(b).ok())
+        .ok_or_else(|| {
+            usage(anyhow!(
+                "not a message id: {id:?} (32 hex digits, see `instaconnect history --json`)"
+            ))
+        })
 }

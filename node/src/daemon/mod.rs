@@ -131,8 +131,10 @@ async fn serve(
             .with_graceful_shutdown(shutdown.clone().wait_owned())
             .into_future(),
     );
+    let blobs = home.blobs()?;
     let mut network = tokio::spawn(network::run(
         db.clone(),
+        blobs,
         config.network.clone(),
         events,
         shutdown.clone(),

@@ -25,6 +25,7 @@ use crate::config::NetworkConfig;
 /// Runs the network side of the node until shutdown. An error ends the whole daemon (exit 1).
 pub async fn run(
     db: Db,
+    blobs: Arc<instaconnect_store::DirBlobs>,
     config: NetworkConfig,
     events: Events,
     mut shutdown: Shutdown,
@@ -67,7 +68,9 @@ pub async fn run(
     }
     let mut rng_seed = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut rng_seed);
-    let engine = Engine::new(store, rng_seed).context("cannot start the messaging engine")?;
+    let engine = Engine::new(store, rng_seed)
+        .context("cannot start the messaging engine")?
+        .with_blobs(blobs);
     let (handle, task) =
         driver::spawn_with_relays(engine, net.clone(), net_events, links, shutdown.watch());
     let mut user_events = handle.subscribe();

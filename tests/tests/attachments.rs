@@ -1,0 +1,174 @@
+//! Attachments between two running nodes on 127.0.0.1: a photo and a multi-chunk file sent
+//! directly arrive byte-identical, are listed in the history with their details, and are
+//! saved with `attachments save`; bad input gets a clear error.
+
+use instaconnect_e2e::{png, Home};
+
+const ASHA: &str = "+919812345678";
+const RAVI: &str = "+919812340001";
+
+/// The JSON output of a command run inside a node.
+fn output(a: &instaconnect_e2e::Answer) -> serde_json::Value {
+    assert_eq!(a.json["code"], 0, "{a:?}");
+    serde_json::from_str(a.json["stdout"].as_str().expect("stdout")).expect("JSON output")
+}
+
+#[test]
+fn a_photo_and_a_file_sent_directly_arrive_byte_identical_and_can_be_saved() {
+    let asha = Home::with_account(ASHA, "Asha");
+    let ravi = Home::with_account(RAVI, "Ravi");
+    let mut asha_node = asha.start_node();
+    let asha_addr = asha_node.wait_line("listening on ");
+    let asha_events = asha_node.events();
+    let ravi_node = ravi.start_node_with(&["--peer", &asha_addr]);
+    let ravi_events = ravi_node.events();
+    asha.link(
+        &asha_events,
+        ASHA,
+        &ravi,
+        &ravi_events,
+        RAVI,
+        &ravi_node.peer_id,
+        "Ravi",
+    );
+
+    let photo = png(640, 480);
+    std::fs::write(asha.file("beach.png"), &photo).unwrap();
+    // 3 MB that do not compress: 62 chunks.
+    let data: Vec<u8> = (0..3_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(asha.file("notes.bin"), &data).unwrap();
+
+    let beach = asha.file("beach.png");
+    let sent = output(&asha_node.command(&[
+        "send",
+        "--json",
+        "Ravi",
+        "--photo",
+        beach.to_str().unwrap(),
+        "the",
+        "beach",
+    ]));
+    assert_eq!(sent["attachment"]["kind"], "photo");
+    assert_eq!(sent["attachment"]["width"], 640);
+    let photo_id = sent["id"].as_str().unwrap().to_string();
+    let notes = asha.file("notes.bin");
+    let sent =
+        output(&asha_node.command(&["send", "--json", "Ravi", "--file", notes.to_str().unwrap()]));
+    let file_id = sent["id"].as_str().unwrap().to_string();
+
+    let mut done = std::collections::BTreeSet::new();
+    while done.len() < 2 {
+        let d = ravi_events.wait("attachment_received", |_| true);
+        done.insert(d["id"].as_str().unwrap().to_string());
+    }
+    assert_eq!(done, [photo_id.clone(), file_id.clone()].into());
+
+    let history = output(&ravi_node.command(&["history", "--json", "Asha"]));
+    let got: Vec<(String, String, bool)> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["text"].as_str().unwrap().to_string(),
+                m["attachment"]["name"].as_str().unwrap_or("").to_string(),
+                m["attachment"]["complete"] == true,
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("the beach".to_string(), "beach.png".to_string(), true),
+            (String::new(), "notes.bin".to_string(), true)
+        ]
+    );
+    let plain = ravi_node.command(&["history", "Asha"]);
+    assert!(
+        plain.json["stdout"]
+            .as_str()
+            .unwrap()
+            .contains("[photo beach.png, "),
+        "{plain:?}"
+    );
+
+    let out = ravi.file("saved.png");
+    let saved = ravi_node.command(&[
+        "attachments",
+        "save",
+        &photo_id,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(saved.json["code"], 0, "{saved:?}");
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        photo,
+        "the photo is byte-identical"
+    );
+    let out2 = ravi.file("saved.bin");
+    let saved = ravi_node.command(&[
+        "attachments",
+        "save",
+        &file_id,
+        "--out",
+        out2.to_str().unwrap(),
+    ]);
+    assert_eq!(saved.json["code"], 0, "{saved:?}");
+    assert_eq!(
+        std::fs::read(&out2).unwrap(),
+        data,
+        "the file is byte-identical"
+    );
+
+    // Saving again over the file is refused; nothing is overwritten.
+    let again = ravi_node.command(&[
+        "attachments",
+        "save",
+        &file_id,
+        "--out",
+        out2.to_str().unwrap(),
+    ]);
+    assert_ne!(again.json["code"], 0);
+    assert!(
+        again.json["stderr"]
+            .as_str()
+            .unwrap()
+            .contains("exists already"),
+        "{again:?}"
+    );
+    assert_eq!(std::fs::read(&out2).unwrap(), data);
+
+    // Asha's side: both delivered, and read since Ravi opened the conversation.
+    let mine = output(&asha_node.command(&["history", "--json", "Ravi"]));
+    for m in mine.as_array().unwrap() {
+        assert!(m["state"] == "delivered" || m["state"] == "read", "{m}");
+    }
+}
+
+#[test]
+fn bad_attachments_get_a_clear_error_and_send_nothing() {
+    let asha = Home::with_account(ASHA, "Asha");
+    asha.ok(&["contacts", "add", RAVI, "--name", "Ravi"]);
+    let (code, err) = asha.fail(&["send", "Ravi", "--file", "/nonexistent/file.bin"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("cannot read /nonexistent/file.bin"), "{err}");
+    std::fs::write(asha.file("not-a-photo.png"), b"hello").unwrap();
+    let fake = asha.file("not-a-photo.png");
+    let (code, err) = asha.fail(&["send", "Ravi", "--photo", fake.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("is not a photo"), "{err}");
+    let (code, err) = asha.fail(&["send", "Ravi", "--photo", "a.png", "--file", "b.bin"]);
+    assert_eq!(code, 2, "{err}");
+    let (code, err) = asha.fail(&["attachments", "save", "1234"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("not a message id"), "{err}");
+    let history = asha.json(&["history", "Ravi"]);
+    assert_eq!(
+        history.as_array().map(Vec::len),
+        Some(0),
+        "nothing was queued"
+    );
+}
