@@ -41,25 +41,18 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use futures::stream::{FuturesUnordered, StreamExt};
-use instaconnect_core::book::Book;
-use instaconnect_core::engine::{Command, Engine, Event, MAX_INFLIGHT_PER_PEER};
-use instaconnect_core::phone::Phone;
-use instaconnect_net::driver::{self, DriverHandle};
-use instaconnect_net::{start, NetConfig, NetHandle, NetIdentity, Role, DEFAULT_PROTOCOL_VERSION};
-use instaconnect_store::{SledStore, Store};
+use instaconnect_core::engine::{Command, Event, MAX_INFLIGHT_PER_PEER};
+use instaconnect_store::Store;
 use instaconnect_wire::records::{DeliveryState, Direction};
 use rumqttc::{AsyncClient, Event as MqttEvent, MqttOptions, Packet, QoS};
 use tokio::runtime::Runtime;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::time::MissedTickBehavior;
-use zeroize::Zeroizing;
 
-const PHONE_A: &str = "+919812345678";
-const PHONE_B: &str = "+919812340001";
 /// Every text and payload is exactly this long.
 const TEXT_BYTES: usize = 1024;
 const TOPIC: &str = "instaconnect/bench";
@@ -71,8 +64,6 @@ const WARMUP: usize = 500;
 const MQTT_INFLIGHT: u16 = MAX_INFLIGHT_PER_PEER as u16;
 /// A run in which nothing arrives for this long is reported as stalled.
 const STALL_TIMEOUT: Duration = Duration::from_secs(30);
-/// Bound on each setup step (start, link, connect, subscribe).
-const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_MOSQUITTO: &str = "/usr/sbin/mosquitto";
 
 // ----- arguments ----------------------------------------------------------------------------
@@ -151,10 +142,6 @@ fn usage_error(msg: &str) -> ! {
     std::process::exit(2)
 }
 
-fn must<T, E: std::fmt::Display>(what: &str, r: Result<T, E>) -> T {
-    r.unwrap_or_else(|e| panic!("benchmark failed: {what}: {e}"))
-}
-
 // ----- texts ----------------------------------------------------------------------------------
 
 /// `TAG SEQ ` then filler, exactly [`TEXT_BYTES`] long.
@@ -194,151 +181,9 @@ fn is_tagged(store: &dyn Store, id: &str, tag: &str) -> bool {
     matches!(store.message(&raw), Ok(Some(m)) if m.text.starts_with(tag))
 }
 
-fn wall_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// How long a run of `n` messages may take to drain before it is reported incomplete.
 fn drain_timeout(n: usize) -> Duration {
     Duration::from_secs(60) + Duration::from_millis(20 * n as u64)
-}
-
-fn single_worker(name: &str) -> Runtime {
-    must(
-        "tokio runtime",
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name(name)
-            .enable_all()
-            .build(),
-    )
-}
-
-// ----- InstaConnect nodes ---------------------------------------------------------------------
-
-struct Node {
-    rt: Runtime,
-    store: Arc<dyn Store>,
-    handle: DriverHandle,
-    net: NetHandle,
-    peer: String,
-    events: broadcast::Receiver<Event>,
-    stop: watch::Sender<bool>,
-    _dir: tempfile::TempDir,
-}
-
-impl Node {
-    /// An account on a fresh sled store, its network on 127.0.0.1 TCP (no mDNS) and its
-    /// driver, all on a runtime of its own.
-    fn start(thread: &str, phone: &str, name: &str, seed: u8) -> Node {
-        let dir = must("temp dir", tempfile::tempdir());
-        let store: Arc<dyn Store> = Arc::new(must("open sled", SledStore::open(dir.path())));
-        let phone = must("phone", Phone::parse(phone, None));
-        let account = must(
-            "create account",
-            Book::new(store.as_ref()).create_account(&phone, name, None, wall_ms()),
-        );
-        let mut ed25519_seed = Zeroizing::new([0u8; 32]);
-        ed25519_seed.copy_from_slice(account.identity_secret.expose());
-        let rt = single_worker(thread);
-        let (stop, stop_rx) = watch::channel(false);
-        let (net, handle, events) = rt.block_on(async {
-            let (net, net_events) = must(
-                "start network",
-                start(NetConfig {
-                    identity: NetIdentity::Account { ed25519_seed },
-                    listen: vec!["/ip4/127.0.0.1/tcp/0".to_string()],
-                    mdns: false,
-                    role: Role::Device,
-                    protocol_version: DEFAULT_PROTOCOL_VERSION,
-                })
-                .await,
-            );
-            let engine = must("engine", Engine::new(store.clone(), [seed; 32]));
-            let (handle, _task) = driver::spawn(engine, net.clone(), net_events, stop_rx);
-            let events = handle.subscribe();
-            (net, handle, events)
-        });
-        let peer = net.local_peer_id().to_string();
-        Node {
-            rt,
-            store,
-            handle,
-            net,
-            peer,
-            events,
-            stop,
-            _dir: dir,
-        }
-    }
-
-    async fn close(&self) {
-        let _ = self.stop.send(true);
-        self.net.shutdown().await;
-    }
-}
-
-async fn wait_event(
-    rx: &mut broadcast::Receiver<Event>,
-    what: &str,
-    f: impl Fn(&Event) -> bool,
-) -> Event {
-    let fut = async {
-        loop {
-            match rx.recv().await {
-                Ok(e) if f(&e) => return e,
-                Ok(_) | Err(RecvError::Lagged(_)) => {}
-                Err(RecvError::Closed) => panic!("benchmark failed: events ended before {what}"),
-            }
-        }
-    };
-    must(
-        &format!("waiting for {what}"),
-        tokio::time::timeout(SETUP_TIMEOUT, fut).await,
-    )
-}
-
-/// A adds B's number, dials B and asks; B accepts; A hears the acceptance.
-async fn link(a: &mut Node, b: &mut Node) {
-    let phone_b = must("phone", Phone::parse(PHONE_B, None));
-    must(
-        "add contact",
-        Book::new(a.store.as_ref()).add_contact(&phone_b, Some("B"), wall_ms()),
-    );
-    let addr = b.net.listen_addrs().await.into_iter().next();
-    let addr = must("B's listen address", addr.ok_or("none"));
-    must("dial", a.net.dial(&format!("{addr}/p2p/{}", b.peer)).await);
-    must(
-        "request contact",
-        a.handle
-            .command(Command::RequestContact {
-                phone: PHONE_B.to_string(),
-                peer: b.peer.clone(),
-            })
-            .await,
-    );
-    let a_peer = a.peer.clone();
-    wait_event(
-        &mut b.events,
-        "the contact request",
-        |e| matches!(e, Event::ContactRequest { peer, .. } if *peer == a_peer),
-    )
-    .await;
-    must(
-        "accept contact",
-        b.handle
-            .command(Command::AcceptContact {
-                peer: a.peer.clone(),
-            })
-            .await,
-    );
-    wait_event(&mut a.events, "the acceptance", |e| {
-        matches!(e, Event::ContactAccepted { .. })
-    })
-    .await;
 }
 
 /// Prints what a node reports that a user would be told of as trouble (never counted).
@@ -796,7 +641,10 @@ async fn ours_latency(a: &Node, b: &Node, args: &Args) -> Latency {
 
 #[path = "common/mosquitto.rs"]
 mod mosquitto;
+#[path = "common/pair.rs"]
+mod pair;
 use mosquitto::Broker;
+use pair::{link, must, single_worker, Node, PHONE_A, PHONE_B, SETUP_TIMEOUT};
 
 /// A message as the subscriber got it.
 struct Arrival {
