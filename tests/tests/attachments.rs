@@ -172,3 +172,63 @@ fn bad_attachments_get_a_clear_error_and_send_nothing() {
         "nothing was queued"
     );
 }
+
+#[test]
+fn a_100_mib_file_completes_identical_after_the_sender_is_killed_half_way() {
+    let asha = Home::with_account(ASHA, "Asha");
+    let ravi = Home::with_account(RAVI, "Ravi");
+    let mut ravi_node = ravi.start_node();
+    let ravi_addr = ravi_node.wait_line("listening on ");
+    let ravi_events = ravi_node.events();
+    let asha_node = asha.start_node_with(&["--peer", &ravi_addr]);
+    let asha_events = asha_node.events();
+    asha.link(
+        &asha_events,
+        ASHA,
+        &ravi,
+        &ravi_events,
+        RAVI,
+        &ravi_node.peer_id,
+        "Ravi",
+    );
+
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let data: Vec<u8> = (0..100 * 1024 * 1024 / 8)
+        .flat_map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()
+        })
+        .collect();
+    let big = asha.file("big.bin");
+    std::fs::write(&big, &data).unwrap();
+    let sent =
+        output(&asha_node.command(&["send", "--json", "Ravi", "--file", big.to_str().unwrap()]));
+    let id = sent["id"].as_str().unwrap().to_string();
+
+    // Half of the chunks are in at Ravi's: Asha's process dies on the spot.
+    ravi_events.wait("attachment_progress", |d| {
+        d["id"] == id.as_str() && d["stored"].as_u64().unwrap() * 2 >= d["total"].as_u64().unwrap()
+    });
+    asha_node.kill9();
+    let history = output(&ravi_node.command(&["history", "--json", "Asha"]));
+    let a = &history.as_array().unwrap()[0]["attachment"];
+    assert_eq!(a["complete"], false, "the kill landed mid-transfer: {a}");
+    let before = a["chunks_stored"].as_u64().unwrap();
+
+    // Asha comes back; the transfer goes on from where it stopped.
+    let _asha_node = asha.start_node_with(&["--peer", &ravi_addr]);
+    ravi_events.wait("attachment_received", |d| d["id"] == id.as_str());
+    let out = ravi.file("big-saved.bin");
+    let saved = ravi_node.command(&["attachments", "save", &id, "--out", out.to_str().unwrap()]);
+    assert_eq!(saved.json["code"], 0, "{saved:?}");
+    assert!(
+        std::fs::read(&out).unwrap() == data,
+        "the 100 MiB file is identical"
+    );
+    assert!(
+        before >= 512,
+        "at least half was in before the kill: {before}"
+    );
+}

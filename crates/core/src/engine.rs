@@ -22,7 +22,9 @@
 mod attachment;
 mod mailbox;
 
-pub use attachment::{seal_attachment, AttachmentMeta, CHUNK_WINDOW, MAX_BAD_CHUNKS};
+pub use attachment::{
+    seal_attachment, AttachmentMeta, CHUNK_WINDOW, MAX_BAD_CHUNKS, MAX_FAILED_PARTS,
+};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -2092,11 +2094,13 @@ impl Engine {
                     profile: view,
                 });
             }
-            (Pending::Chunk { id, index, offset }, Some(Response::Chunk(part))) => {
-                self.on_chunk_part(id, index, offset, Some(part))?
-            }
-            (Pending::Chunk { id, index, offset }, _) => {
-                self.on_chunk_part(id, index, offset, None)?
+            (Pending::Chunk { id, index, offset }, resp) => {
+                let answer = match resp {
+                    Some(Response::Chunk(part)) => attachment::ChunkAnswer::Part(part),
+                    Some(Response::NotNow) => attachment::ChunkAnswer::Refused,
+                    _ => attachment::ChunkAnswer::Failed,
+                };
+                self.on_chunk_part(id, index, offset, answer)?
             }
             (Pending::ContactRequest, _) | (Pending::Ephemeral, _) | (Pending::Profile, _) => {}
         }
@@ -2109,7 +2113,9 @@ impl Engine {
         };
         match what {
             Pending::Items { ids } => self.settle(peer, ids, &HashSet::new(), now_ms)?,
-            Pending::Chunk { id, index, offset } => self.on_chunk_part(id, index, offset, None)?,
+            Pending::Chunk { id, index, offset } => {
+                self.on_chunk_part(id, index, offset, attachment::ChunkAnswer::Failed)?
+            }
             _ => {}
         }
         Ok(())

@@ -30,6 +30,18 @@ use super::*;
 pub const CHUNK_WINDOW: usize = 8;
 /// Chunks that fail their check before a transfer is given up on (until the next connection).
 pub const MAX_BAD_CHUNKS: u32 = 3;
+/// Requests for parts that fail in a row (the connection dropped under them) before a transfer
+/// waits for the next connection.
+pub const MAX_FAILED_PARTS: u32 = 16;
+
+/// How a request for part of a chunk ended.
+pub(super) enum ChunkAnswer {
+    Part(Vec<u8>),
+    /// The sender's device said no (not now, or not to us).
+    Refused,
+    /// No answer: the request failed, or the answer was malformed.
+    Failed,
+}
 
 /// What the user tells about a file to send, besides its bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -94,8 +106,12 @@ pub(super) struct Transfer {
     partial: BTreeMap<u32, (Vec<u8>, BTreeSet<u32>)>,
     /// Chunks that failed their check.
     bad: u32,
+    /// Requests that failed in a row.
+    failed: u32,
     /// Refused or failed: waits for the sender's next connection.
     paused: bool,
+    /// The attachment's record as last written (read from the store once).
+    record: Option<AttachmentRecord>,
 }
 
 /// Attachments in flight.
@@ -105,6 +121,9 @@ pub(super) struct Transfers {
     /// The chunk sealed last for serving, (message id, chunk, sealed bytes): a chunk larger
     /// than a part is asked for part by part.
     sealed: Option<([u8; 16], u32, Vec<u8>)>,
+    /// The record of the attachment served last (its manifest lists up to 1,024 hashes: not
+    /// decoded again for every part).
+    served: Option<AttachmentRecord>,
 }
 
 impl Transfers {
@@ -130,7 +149,9 @@ impl Transfer {
             asked: BTreeSet::new(),
             partial: BTreeMap::new(),
             bad: 0,
+            failed: 0,
             paused: false,
+            record: None,
         }
     }
 }
@@ -144,6 +165,23 @@ fn part_len(sealed_len: usize, offset: u32) -> usize {
 }
 
 impl Engine {
+    /// The record of incoming attachment `id`, from the transfer's copy or the store.
+    fn transfer_record(&mut self, id: &[u8; 16]) -> Result<Option<AttachmentRecord>> {
+        if let Some(r) = self
+            .transfers
+            .incoming
+            .get(id)
+            .and_then(|t| t.record.clone())
+        {
+            return Ok(Some(r));
+        }
+        let r = self.store.attachment(id)?;
+        if let Some(t) = self.transfers.incoming.get_mut(id) {
+            t.record = r.clone();
+        }
+        Ok(r)
+    }
+
     /// Sends the file stored in the blob store under `id`, sealed as `manifest`
     /// ([`seal_attachment`]), to a contact. Returns the message id (hex).
     pub(super) fn send_attachment(
@@ -279,7 +317,7 @@ impl Engine {
         if t.paused || !self.peers.get(&peer).is_some_and(|p| p.view.connected) {
             return Ok(());
         }
-        let Some(record) = self.store.attachment(id)? else {
+        let Some(record) = self.transfer_record(id)? else {
             self.transfers.incoming.remove(id);
             return Ok(());
         };
@@ -352,6 +390,9 @@ impl Engine {
             .map(|(id, t)| {
                 t.paused = false;
                 t.bad = 0;
+                t.failed = 0;
+                // What was asked on the old connection is asked again (an answer that still
+                // comes is taken, or ignored if the part is in).
                 t.asked.clear();
                 *id
             })
@@ -362,23 +403,39 @@ impl Engine {
         Ok(())
     }
 
-    /// A part came back (`None`: refused, failed or malformed).
+    /// A request for a part ended.
     pub(super) fn on_chunk_part(
         &mut self,
         id: [u8; 16],
         index: u32,
         offset: u32,
-        part: Option<Vec<u8>>,
+        answer: ChunkAnswer,
     ) -> Result<()> {
         let Some(t) = self.transfers.incoming.get_mut(&id) else {
             return Ok(());
         };
         t.asked.remove(&(index, offset));
-        let Some(part) = part else {
-            t.paused = true;
-            return Ok(());
+        let part = match answer {
+            ChunkAnswer::Part(p) => {
+                t.failed = 0;
+                p
+            }
+            ChunkAnswer::Refused => {
+                t.paused = true;
+                return Ok(());
+            }
+            ChunkAnswer::Failed => {
+                // A failure from a connection that has since been replaced is no reason to
+                // stop; asking again is, while failures do not pile up.
+                t.failed += 1;
+                if t.failed >= MAX_FAILED_PARTS {
+                    t.paused = true;
+                    return Ok(());
+                }
+                return self.pump_transfer(&id);
+            }
         };
-        let Some(mut record) = self.store.attachment(&id)? else {
+        let Some(mut record) = self.transfer_record(&id)? else {
             self.transfers.incoming.remove(&id);
             return Ok(());
         };
@@ -431,6 +488,9 @@ impl Engine {
             stored: stored as u32,
             total: total as u32,
         });
+        if let Some(t) = self.transfers.incoming.get_mut(&id) {
+            t.record = Some(record.clone());
+        }
         self.write(vec![Op::PutAttachment(record)])?;
         self.pump_transfer(&id)
     }
@@ -481,7 +541,11 @@ impl Engine {
         channel: u64,
         now_ms: u64,
     ) -> Result<()> {
-        let record = self.store.attachment(&id)?;
+        let record = match self.transfers.served.take() {
+            Some(r) if r.id == id => Some(r),
+            _ => self.store.attachment(&id)?,
+        };
+        self.transfers.served = record.clone();
         let allowed = record.as_ref().is_some_and(|r| {
             r.direction == Direction::Outgoing
                 && self
