@@ -107,27 +107,24 @@ fn iperf3_rate(bin: &PathBuf) -> Result<f64, String> {
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| format!("{}: {e}", bin.display()))?;
-    let mut out = None;
+    let mut rate = Err("iperf3 client failed".to_string());
     for _ in 0..50 {
         let o = Process::new(bin)
             .args(["-c", "127.0.0.1", "-p", &port, "-t", "5", "-J"])
             .output()
             .map_err(|e| e.to_string())?;
-        if o.status.success() {
-            out = Some(o.stdout);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        if let Some(bps) = v["end"]["sum_received"]["bits_per_second"].as_f64() {
+            rate = Ok(bps / 8.0 / 1e6);
             break;
         }
+        rate = Err(v["error"].as_str().unwrap_or("no rate in its output").to_string());
         // The server may not be listening yet.
         std::thread::sleep(Duration::from_millis(100));
     }
     let _ = server.kill();
     let _ = server.wait();
-    let out = out.ok_or("iperf3 client failed")?;
-    let v: serde_json::Value = serde_json::from_slice(&out).map_err(|e| e.to_string())?;
-    v["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .map(|bps| bps / 8.0 / 1e6)
-        .ok_or_else(|| "no rate in iperf3's output".into())
+    rate
 }
 
 fn main() {
