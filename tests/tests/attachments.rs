@@ -2,7 +2,7 @@
 //! directly arrive byte-identical, are listed in the history with their details, and are
 //! saved with `attachments save`; bad input gets a clear error.
 
-use instaconnect_e2e::{png, Home};
+use instaconnect_e2e::{png, Events, Home, Node};
 
 const ASHA: &str = "+919812345678";
 const RAVI: &str = "+919812340001";
@@ -13,15 +13,25 @@ fn output(a: &instaconnect_e2e::Answer) -> serde_json::Value {
     serde_json::from_str(a.json["stdout"].as_str().expect("stdout")).expect("JSON output")
 }
 
-#[test]
-fn a_photo_and_a_file_sent_directly_arrive_byte_identical_and_can_be_saved() {
+/// Asha and Ravi, each with a node running, linked as contacts; Asha's node dialled Ravi's.
+struct Pair {
+    asha: Home,
+    ravi: Home,
+    asha_node: Node,
+    ravi_node: Node,
+    ravi_events: Events,
+    /// Where Ravi's node listens (a restarted node of Asha's dials it).
+    ravi_addr: String,
+}
+
+fn linked() -> Pair {
     let asha = Home::with_account(ASHA, "Asha");
     let ravi = Home::with_account(RAVI, "Ravi");
-    let mut asha_node = asha.start_node();
-    let asha_addr = asha_node.wait_line("listening on ");
-    let asha_events = asha_node.events();
-    let ravi_node = ravi.start_node_with(&["--peer", &asha_addr]);
+    let mut ravi_node = ravi.start_node();
+    let ravi_addr = ravi_node.wait_line("listening on ");
     let ravi_events = ravi_node.events();
+    let asha_node = asha.start_node_with(&["--peer", &ravi_addr]);
+    let asha_events = asha_node.events();
     asha.link(
         &asha_events,
         ASHA,
@@ -31,6 +41,26 @@ fn a_photo_and_a_file_sent_directly_arrive_byte_identical_and_can_be_saved() {
         &ravi_node.peer_id,
         "Ravi",
     );
+    Pair {
+        asha,
+        ravi,
+        asha_node,
+        ravi_node,
+        ravi_events,
+        ravi_addr,
+    }
+}
+
+#[test]
+fn a_photo_and_a_file_sent_directly_arrive_byte_identical_and_can_be_saved() {
+    let Pair {
+        asha,
+        ravi,
+        asha_node,
+        ravi_node,
+        ravi_events,
+        ..
+    } = linked();
 
     let photo = png(640, 480);
     std::fs::write(asha.file("beach.png"), &photo).unwrap();
@@ -175,22 +205,14 @@ fn bad_attachments_get_a_clear_error_and_send_nothing() {
 
 #[test]
 fn a_100_mib_file_completes_identical_after_the_sender_is_killed_half_way() {
-    let asha = Home::with_account(ASHA, "Asha");
-    let ravi = Home::with_account(RAVI, "Ravi");
-    let mut ravi_node = ravi.start_node();
-    let ravi_addr = ravi_node.wait_line("listening on ");
-    let ravi_events = ravi_node.events();
-    let asha_node = asha.start_node_with(&["--peer", &ravi_addr]);
-    let asha_events = asha_node.events();
-    asha.link(
-        &asha_events,
-        ASHA,
-        &ravi,
-        &ravi_events,
-        RAVI,
-        &ravi_node.peer_id,
-        "Ravi",
-    );
+    let Pair {
+        asha,
+        ravi,
+        asha_node,
+        ravi_node,
+        ravi_events,
+        ravi_addr,
+    } = linked();
 
     let mut x = 0x2545_f491_4f6c_dd1du64;
     let data: Vec<u8> = (0..100 * 1024 * 1024 / 8)

@@ -1009,13 +1009,8 @@ impl Engine {
         }
     }
 
-    fn send_text(&mut self, to: &str, text: String, now_ms: u64) -> Result<String> {
-        if text.trim().is_empty() {
-            return Err(EngineError::Empty);
-        }
-        if text.len() > MAX_TEXT_BYTES {
-            return Err(EngineError::TooLong { len: text.len() });
-        }
+    /// The device of contact `to`, if we may send to it.
+    fn sendable(&self, to: &str) -> Result<String> {
         let contact = self
             .store
             .contact(to)?
@@ -1023,11 +1018,20 @@ impl Engine {
         if self.is_blocked(to) {
             return Err(EngineError::Blocked(to.to_string()));
         }
-        let peer = contact
+        contact
             .peer_id
-            .clone()
-            .ok_or_else(|| EngineError::NotLinked(to.to_string()))?;
-        let id = self.random_id();
+            .ok_or_else(|| EngineError::NotLinked(to.to_string()))
+    }
+
+    /// A queued outgoing message `id` at the end of the conversation with `to`, and that
+    /// conversation moved on (its `sent_n` numbers the message among what we send).
+    fn new_outgoing(
+        &self,
+        to: &str,
+        id: [u8; 16],
+        text: String,
+        now_ms: u64,
+    ) -> Result<(MessageRecord, ConversationRecord)> {
         let mut conv = self.store.conversation(to)?.unwrap_or(ConversationRecord {
             peer: to.to_string(),
             ..ConversationRecord::default()
@@ -1045,6 +1049,19 @@ impl Engine {
         conv.next_seq += 1;
         conv.sent_n += 1;
         conv.last_activity_ms = now_ms;
+        Ok((msg, conv))
+    }
+
+    fn send_text(&mut self, to: &str, text: String, now_ms: u64) -> Result<String> {
+        if text.trim().is_empty() {
+            return Err(EngineError::Empty);
+        }
+        if text.len() > MAX_TEXT_BYTES {
+            return Err(EngineError::TooLong { len: text.len() });
+        }
+        let peer = self.sendable(to)?;
+        let id = self.random_id();
+        let (msg, conv) = self.new_outgoing(to, id, text, now_ms)?;
         // Encrypted when it goes out (a session may not exist yet), afresh at every attempt.
         let entry = OutboxEntry {
             id,

@@ -118,7 +118,10 @@ fn iperf3_rate(bin: &PathBuf) -> Result<f64, String> {
             rate = Ok(bps / 8.0 / 1e6);
             break;
         }
-        rate = Err(v["error"].as_str().unwrap_or("no rate in its output").to_string());
+        rate = Err(v["error"]
+            .as_str()
+            .unwrap_or("no rate in its output")
+            .to_string());
         // The server may not be listening yet.
         std::thread::sleep(Duration::from_millis(100));
     }

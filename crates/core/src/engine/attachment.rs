@@ -200,37 +200,12 @@ impl Engine {
                 "its file is not in the attachment store".into(),
             ));
         }
-        let contact = self
-            .store
-            .contact(to)?
-            .ok_or_else(|| EngineError::UnknownContact(to.to_string()))?;
-        if self.is_blocked(to) {
-            return Err(EngineError::Blocked(to.to_string()));
-        }
-        let peer = contact
-            .peer_id
-            .clone()
-            .ok_or_else(|| EngineError::NotLinked(to.to_string()))?;
+        let peer = self.sendable(to)?;
         if self.store.message(&id)?.is_some() {
             return Err(EngineError::Attachment("its message id is taken".into()));
         }
-        let mut conv = self.store.conversation(to)?.unwrap_or(ConversationRecord {
-            peer: to.to_string(),
-            ..ConversationRecord::default()
-        });
-        let msg = MessageRecord {
-            id,
-            peer: to.to_string(),
-            seq: conv.next_seq,
-            direction: Direction::Outgoing,
-            text: manifest.caption.clone().unwrap_or_default(),
-            sent_at_ms: now_ms,
-            stored_at_ms: now_ms,
-            state: DeliveryState::Queued,
-        };
-        conv.next_seq += 1;
-        conv.sent_n += 1;
-        conv.last_activity_ms = now_ms;
+        let caption = manifest.caption.clone().unwrap_or_default();
+        let (msg, conv) = self.new_outgoing(to, id, caption, now_ms)?;
         let payload = Payload::Attachment {
             manifest: manifest.clone(),
             n: conv.sent_n,
