@@ -1513,14 +1513,13 @@ impl<'a> World<'a> {
         }
         // A new connection is what grows an engine's peer table. It holds at most the devices
         // it was linked with before the run plus the distinct devices it connected to since, so
-        // it can only pass MAX_PEERS after meeting that many; from then on it is read (a copy
-        // of the table, too dear to take at every connection of every device).
+        // it can only pass MAX_PEERS after meeting that many; from then on its size is read.
         for (i, j) in [(a, b), (b, a)] {
             let n = &mut self.nodes[i as usize];
             n.met.insert(j);
             if n.met.len() + n.partners.len() > MAX_PEERS {
                 if let Some(e) = n.engine.as_ref() {
-                    self.c.peak_engine_peers = self.c.peak_engine_peers.max(e.peers().len() as u32);
+                    self.c.peak_engine_peers = self.c.peak_engine_peers.max(e.peer_count() as u32);
                 }
             }
         }
@@ -1840,7 +1839,7 @@ impl<'a> World<'a> {
             .nodes
             .iter()
             .filter_map(|n| n.engine.as_ref())
-            .map(|e| e.peers().len() as u32)
+            .map(|e| e.peer_count() as u32)
             .max()
             .unwrap_or(0);
         self.c.peak_engine_peers = self.c.peak_engine_peers.max(peers);
