@@ -777,33 +777,37 @@ impl Engine {
     /// [`PEER_EVICTION_BATCH`] least recently seen devices that are not connected make room.
     fn peer_mut(&mut self, peer: &str, now_ms: u64) -> &mut PeerState {
         if !self.peers.contains_key(peer) {
-            if self.peers.len() >= MAX_PEERS {
-                self.evict_peers();
-            }
-            let contact = self.contact_by_peer(peer).map(|c| c.phone.into());
-            let mut p = Box::<PeerState>::default();
-            p.view.contact = contact;
-            self.peers.insert(peer.into(), p);
+            let contact = self.contact_by_peer(peer);
+            self.add_peer(peer, contact.as_ref());
         }
         let p = self.peers.get_mut(peer).expect("inserted above");
         p.view.last_seen_ms = p.view.last_seen_ms.max(now_ms);
         p
     }
 
-    /// [`Engine::peer_mut`], refreshing which contact the device is linked to (when it is
-    /// discovered or connects).
-    fn peer_seen(&mut self, peer: &str, now_ms: u64) -> &mut PeerState {
-        let known = self.peers.contains_key(peer);
-        let contact = if known {
-            self.contact_by_peer(peer).map(|c| c.phone.into_boxed_str())
-        } else {
-            None
-        };
-        let p = self.peer_mut(peer, now_ms);
-        if contact.is_some() {
-            p.view.contact = contact;
+    /// A new entry for `peer`, linked to `contact`, after making room if the table is full.
+    fn add_peer(&mut self, peer: &str, contact: Option<&ContactRecord>) {
+        if self.peers.len() >= MAX_PEERS {
+            self.evict_peers();
         }
-        p
+        let mut p = Box::<PeerState>::default();
+        p.view.contact = contact.map(|c| c.phone.as_str().into());
+        self.peers.insert(peer.into(), p);
+    }
+
+    /// [`Engine::peer_mut`] for a device discovered or connecting: refreshes which contact it
+    /// is linked to, and returns that contact (one look-up in the store for both).
+    fn peer_seen(&mut self, peer: &str, now_ms: u64) -> (&mut PeerState, Option<ContactRecord>) {
+        let contact = self.contact_by_peer(peer);
+        if !self.peers.contains_key(peer) {
+            self.add_peer(peer, contact.as_ref());
+        }
+        let p = self.peers.get_mut(peer).expect("added above");
+        if let Some(c) = &contact {
+            p.view.contact = Some(c.phone.as_str().into());
+        }
+        p.view.last_seen_ms = p.view.last_seen_ms.max(now_ms);
+        (p, contact)
     }
 
     fn evict_peers(&mut self) {
@@ -1427,7 +1431,7 @@ impl Engine {
     fn input(&mut self, now_ms: u64, input: Input) -> Result<()> {
         match input {
             Input::Discovered { peer, addrs } => {
-                let p = self.peer_seen(&peer, now_ms);
+                let (p, _) = self.peer_seen(&peer, now_ms);
                 let new = !p.view.discovered;
                 p.view.discovered = true;
                 p.view.addrs = addrs;
@@ -1444,12 +1448,12 @@ impl Engine {
                 }
             }
             Input::Connected { peer } => {
-                let p = self.peer_seen(&peer, now_ms);
+                let (p, contact) = self.peer_seen(&peer, now_ms);
                 let was = p.view.connected;
                 p.view.connected = true;
                 p.requested = false;
                 if !was {
-                    self.on_connected(&peer, now_ms)?;
+                    self.on_connected(&peer, contact, now_ms)?;
                 }
             }
             Input::Disconnected { peer } => {
@@ -1487,9 +1491,14 @@ impl Engine {
         Ok(())
     }
 
-    fn on_connected(&mut self, peer: &str, now_ms: u64) -> Result<()> {
+    /// `contact`: the one linked to `peer`, as the store said when it connected.
+    fn on_connected(
+        &mut self,
+        peer: &str,
+        contact: Option<ContactRecord>,
+        now_ms: u64,
+    ) -> Result<()> {
         self.due_now(peer, now_ms);
-        let contact = self.contact_by_peer(peer);
         if let Some(c) = &contact {
             let privacy = self.store.settings()?.privacy;
             let linked = self.session(peer)?.is_some() && c.card.is_some();
