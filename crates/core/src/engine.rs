@@ -81,6 +81,9 @@ pub const MAX_PENDING_OUTPUTS: usize = 65_536;
 pub const MAX_HELD_PER_CONVERSATION: usize = 1_024;
 /// How long texts wait behind a gap in a contact's numbering before they are shown anyway.
 pub const GAP_TIMEOUT_MS: u64 = 120_000;
+/// Our contact card is signed again for a request or an accept when the last one is this old
+/// (or shows another name or phone); until then the same card goes out.
+pub const CARD_REUSE_MS: u64 = 60 * 60 * 1000;
 
 /// What happened on the network, as told by the shell.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -352,9 +355,40 @@ pub struct PeerView {
     pub contact: Option<String>,
 }
 
+/// What the engine keeps of a device in its peer table: a [`PeerView`] without the peer id
+/// (the table's key) and with the rarely present parts boxed, since a table holds up to
+/// [`MAX_PEERS`] devices met (mostly strangers) and the simulator runs thousands of engines.
+#[derive(Default)]
+struct PeerInfo {
+    addrs: Vec<String>,
+    discovered: bool,
+    connected: bool,
+    online: bool,
+    last_online_ms: Option<u64>,
+    last_seen_ms: u64,
+    profile: Option<Box<ProfileView>>,
+    contact: Option<Box<str>>,
+}
+
+impl PeerInfo {
+    fn view(&self, peer: &str) -> PeerView {
+        PeerView {
+            peer: peer.to_string(),
+            addrs: self.addrs.clone(),
+            discovered: self.discovered,
+            connected: self.connected,
+            online: self.online,
+            last_online_ms: self.last_online_ms,
+            last_seen_ms: self.last_seen_ms,
+            profile: self.profile.as_deref().cloned(),
+            contact: self.contact.as_deref().map(str::to_string),
+        }
+    }
+}
+
 #[derive(Default)]
 struct PeerState {
-    view: PeerView,
+    view: PeerInfo,
     bad_frames: u32,
     /// When the first bad frame of the current window came.
     bad_since_ms: u64,
@@ -463,8 +497,10 @@ pub struct Engine {
     account: AccountRecord,
     rng: ChaCha20Rng,
     sessions: HashMap<String, Session>,
-    /// Ordered, so that everything the engine does is the same for the same inputs and seed.
-    peers: BTreeMap<String, PeerState>,
+    /// The peer table. Hashed (lookups are on every input, and peer ids share long prefixes);
+    /// nothing iterates it in an order that reaches an output: [`Engine::peers`] sorts and
+    /// eviction picks by (last seen, peer id), so the same inputs and seed give the same run.
+    peers: HashMap<Box<str>, Box<PeerState>>,
     pending: HashMap<u64, (String, Pending)>,
     next_tag: u64,
     /// Outputs waiting for the next commit.
@@ -484,6 +520,8 @@ pub struct Engine {
     dirty_sessions: BTreeSet<String>,
     /// Device keys already verified (bounded by the crypto crate).
     verified: VerifiedKeys,
+    /// Our contact card as last signed (see [`Engine::my_card`]).
+    card: Option<ContactCard>,
     /// Relays, our mailboxes on them and deposits in contacts' mailboxes.
     relay: mailbox::RelayState,
     /// Tags of requests (direct or mailbox) that must wait for the flush of what they
@@ -542,7 +580,7 @@ impl Engine {
             account,
             rng: ChaCha20Rng::from_seed(seed),
             sessions: HashMap::new(),
-            peers: BTreeMap::new(),
+            peers: HashMap::new(),
             pending: HashMap::new(),
             next_tag: 1,
             staged: Vec::new(),
@@ -555,6 +593,7 @@ impl Engine {
             held,
             dirty_sessions: BTreeSet::new(),
             verified: VerifiedKeys::new(),
+            card: None,
             relay,
             after_flush: HashSet::new(),
             unacking: HashSet::new(),
@@ -581,13 +620,19 @@ impl Engine {
 
     /// The devices seen or connected, most recently seen first.
     pub fn peers(&self) -> Vec<PeerView> {
-        let mut v: Vec<PeerView> = self.peers.values().map(|p| p.view.clone()).collect();
+        let mut v: Vec<PeerView> = self.peers.iter().map(|(k, p)| p.view.view(k)).collect();
         v.sort_by(|a, b| {
             b.last_seen_ms
                 .cmp(&a.last_seen_ms)
                 .then(a.peer.cmp(&b.peer))
         });
         v
+    }
+
+    /// How many devices the peer table holds (at most [`MAX_PEERS`]); [`Engine::peers`]
+    /// without the copy.
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
     }
 
     /// The next output released by a commit.
@@ -695,15 +740,18 @@ impl Engine {
     pub fn poll_timeout(&self) -> Option<u64> {
         let mut next: Option<u64> = None;
         for (peer, queue) in &self.outbox.queues {
-            if self.relay.can_deposit(peer)
-                && !self.peers.get(peer).is_some_and(|p| p.view.connected)
-            {
+            // One look-up per queue: [`Engine::reachable`] and [`Engine::has_room`] in one.
+            let state = self.peers.get(peer.as_str());
+            let connected = state.is_some_and(|p| p.view.connected);
+            if !connected && self.relay.can_deposit(peer) {
                 next = earliest(
                     next,
                     self.relay.next_deposit(peer, queue, &self.outbox.inflight),
                 );
             }
-            if !self.reachable(peer) || !self.has_room(peer) {
+            let sending =
+                state.is_some_and(|p| (p.view.connected || p.view.discovered) && Self::room_in(p));
+            if !sending {
                 continue;
             }
             // Entries go out in order and everything due is sent at once while the window has
@@ -767,11 +815,13 @@ impl Engine {
 
     /// Whether another request may go to `peer` now (see [`MAX_REORDER_ITEMS`]).
     fn has_room(&self, peer: &str) -> bool {
-        self.peers.get(peer).is_some_and(|p| {
-            p.inflight == 0
-                || (p.inflight < MAX_INFLIGHT_REQUESTS_PER_PEER
-                    && p.inflight_items <= MAX_REORDER_ITEMS)
-        })
+        self.peers.get(peer).is_some_and(|p| Self::room_in(p))
+    }
+
+    fn room_in(p: &PeerState) -> bool {
+        p.inflight == 0
+            || (p.inflight < MAX_INFLIGHT_REQUESTS_PER_PEER
+                && p.inflight_items <= MAX_REORDER_ITEMS)
     }
 
     fn reachable(&self, peer: &str) -> bool {
@@ -785,38 +835,41 @@ impl Engine {
     /// [`PEER_EVICTION_BATCH`] least recently seen devices that are not connected make room.
     fn peer_mut(&mut self, peer: &str, now_ms: u64) -> &mut PeerState {
         if !self.peers.contains_key(peer) {
-            if self.peers.len() >= MAX_PEERS {
-                self.evict_peers();
-            }
-            let contact = self.contact_by_peer(peer).map(|c| c.phone);
-            let mut p = PeerState::default();
-            p.view.peer = peer.to_string();
-            p.view.contact = contact;
-            self.peers.insert(peer.to_string(), p);
+            let contact = self.contact_by_peer(peer);
+            self.add_peer(peer, contact.as_ref());
         }
         let p = self.peers.get_mut(peer).expect("inserted above");
         p.view.last_seen_ms = p.view.last_seen_ms.max(now_ms);
         p
     }
 
-    /// [`Engine::peer_mut`], refreshing which contact the device is linked to (when it is
-    /// discovered or connects).
-    fn peer_seen(&mut self, peer: &str, now_ms: u64) -> &mut PeerState {
-        let known = self.peers.contains_key(peer);
-        let contact = if known {
-            self.contact_by_peer(peer).map(|c| c.phone)
-        } else {
-            None
-        };
-        let p = self.peer_mut(peer, now_ms);
-        if contact.is_some() {
-            p.view.contact = contact;
+    /// A new entry for `peer`, linked to `contact`, after making room if the table is full.
+    fn add_peer(&mut self, peer: &str, contact: Option<&ContactRecord>) {
+        if self.peers.len() >= MAX_PEERS {
+            self.evict_peers();
         }
-        p
+        let mut p = Box::<PeerState>::default();
+        p.view.contact = contact.map(|c| c.phone.as_str().into());
+        self.peers.insert(peer.into(), p);
+    }
+
+    /// [`Engine::peer_mut`] for a device discovered or connecting: refreshes which contact it
+    /// is linked to, and returns that contact (one look-up in the store for both).
+    fn peer_seen(&mut self, peer: &str, now_ms: u64) -> (&mut PeerState, Option<ContactRecord>) {
+        let contact = self.contact_by_peer(peer);
+        if !self.peers.contains_key(peer) {
+            self.add_peer(peer, contact.as_ref());
+        }
+        let p = self.peers.get_mut(peer).expect("added above");
+        if let Some(c) = &contact {
+            p.view.contact = Some(c.phone.as_str().into());
+        }
+        p.view.last_seen_ms = p.view.last_seen_ms.max(now_ms);
+        (p, contact)
     }
 
     fn evict_peers(&mut self) {
-        let mut idle: Vec<(u64, &String)> = self
+        let mut idle: Vec<(u64, &Box<str>)> = self
             .peers
             .iter()
             .filter(|(_, p)| !p.view.connected)
@@ -829,7 +882,7 @@ impl Engine {
         if n < idle.len() {
             idle.select_nth_unstable(n - 1);
         }
-        let victims: Vec<String> = idle[..n].iter().map(|(_, k)| (*k).clone()).collect();
+        let victims: Vec<Box<str>> = idle[..n].iter().map(|(_, k)| (*k).clone()).collect();
         for v in victims {
             self.peers.remove(&v);
         }
@@ -861,18 +914,28 @@ impl Engine {
         }
     }
 
+    /// Our signed contact card: the one made last while it shows the same name and phone and
+    /// is younger than [`CARD_REUSE_MS`] (so it still has nearly all of its
+    /// `DEFAULT_CARD_TTL_MS`), else a new one. Signing costs three Ed25519 signatures, and a
+    /// device asks several contacts at once (the simulator links all of them at one instant).
     fn my_card(&mut self, now_ms: u64) -> Result<ContactCard> {
         let name = self.store.profile()?.name;
-        let card = self.device.contact_card(
-            &self.identity,
-            CardDisplay {
-                name: Some(name).filter(|n| !n.is_empty()),
-                phone: Some(self.account.phone.clone()),
-            },
-            now_ms,
-            DEFAULT_CARD_TTL_MS,
-        )?;
+        let display = CardDisplay {
+            name: Some(name).filter(|n| !n.is_empty()),
+            phone: Some(self.account.phone.clone()),
+        };
+        if let Some(card) = &self.card {
+            let age = now_ms.checked_sub(card.created_at_ms);
+            if card.display == display && age.is_some_and(|a| a < CARD_REUSE_MS) {
+                return Ok(card.clone());
+            }
+        }
+        let card =
+            self.device
+                .contact_card(&self.identity, display, now_ms, DEFAULT_CARD_TTL_MS)?;
+        // Issuing a card may have rotated the device's fallback key.
         self.device_dirty = true;
+        self.card = Some(card.clone());
         Ok(card)
     }
 
@@ -982,7 +1045,7 @@ impl Engine {
                     c.updated_at_ms = now_ms;
                     self.write(vec![Op::PutContact(c)])?;
                 }
-                self.peer_mut(&peer, now_ms).view.contact = Some(phone);
+                self.peer_mut(&peer, now_ms).view.contact = Some(phone.into());
                 if self.reachable(&peer) {
                     self.send_contact_request(&peer, now_ms)?;
                 }
@@ -1141,7 +1204,7 @@ impl Engine {
             },
             now_ms,
         )?;
-        self.peer_mut(peer, now_ms).view.contact = Some(phone.clone());
+        self.peer_mut(peer, now_ms).view.contact = Some(phone.as_str().into());
         self.on_linked(peer, phone, now_ms)
     }
 
@@ -1239,7 +1302,11 @@ impl Engine {
             None => self.outbox.queues.keys().cloned().collect(),
         };
         for peer in peers {
-            if !self.peers.get(&peer).is_some_and(|p| p.view.connected) {
+            if !self
+                .peers
+                .get(peer.as_str())
+                .is_some_and(|p| p.view.connected)
+            {
                 self.deposit_due(&peer, now_ms)?;
             }
             if !self.reachable(&peer) {
@@ -1442,7 +1509,7 @@ impl Engine {
     fn input(&mut self, now_ms: u64, input: Input) -> Result<()> {
         match input {
             Input::Discovered { peer, addrs } => {
-                let p = self.peer_seen(&peer, now_ms);
+                let (p, _) = self.peer_seen(&peer, now_ms);
                 let new = !p.view.discovered;
                 p.view.discovered = true;
                 p.view.addrs = addrs;
@@ -1453,22 +1520,22 @@ impl Engine {
                 self.pump_outbox(Some(&peer), now_ms)?;
             }
             Input::Lost { peer } => {
-                if let Some(p) = self.peers.get_mut(&peer) {
+                if let Some(p) = self.peers.get_mut(peer.as_str()) {
                     p.view.discovered = false;
                     self.event(Event::PeerLost { peer });
                 }
             }
             Input::Connected { peer } => {
-                let p = self.peer_seen(&peer, now_ms);
+                let (p, contact) = self.peer_seen(&peer, now_ms);
                 let was = p.view.connected;
                 p.view.connected = true;
                 p.requested = false;
                 if !was {
-                    self.on_connected(&peer, now_ms)?;
+                    self.on_connected(&peer, contact, now_ms)?;
                 }
             }
             Input::Disconnected { peer } => {
-                if let Some(p) = self.peers.get_mut(&peer) {
+                if let Some(p) = self.peers.get_mut(peer.as_str()) {
                     p.view.connected = false;
                     p.view.last_seen_ms = p.view.last_seen_ms.max(now_ms);
                     if p.view.online {
@@ -1502,9 +1569,14 @@ impl Engine {
         Ok(())
     }
 
-    fn on_connected(&mut self, peer: &str, now_ms: u64) -> Result<()> {
+    /// `contact`: the one linked to `peer`, as the store said when it connected.
+    fn on_connected(
+        &mut self,
+        peer: &str,
+        contact: Option<ContactRecord>,
+        now_ms: u64,
+    ) -> Result<()> {
         self.due_now(peer, now_ms);
-        let contact = self.contact_by_peer(peer);
         if let Some(c) = &contact {
             let privacy = self.store.settings()?.privacy;
             let linked = self.session(peer)?.is_some() && c.card.is_some();
@@ -2105,7 +2177,7 @@ impl Engine {
                     status: reply.status,
                     has_picture: reply.picture_thumbnail.is_some(),
                 };
-                self.peer_mut(peer, now_ms).view.profile = Some(view.clone());
+                self.peer_mut(peer, now_ms).view.profile = Some(Box::new(view.clone()));
                 self.event(Event::Profile {
                     peer: peer.to_string(),
                     profile: view,

@@ -125,7 +125,7 @@ impl ContactCard {
         self.display.check()?;
         let msg = self.signed_message()?;
         self.identity()
-            .verify(&msg, &self.signature.0)
+            .verify_remembered(&msg, &self.signature.0)
             .map_err(|_| CryptoError::CardTampered("card"))?;
         self.device
             .verify(&self.identity())

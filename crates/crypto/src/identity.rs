@@ -1,7 +1,9 @@
 //! Account identity (Ed25519), the device's Olm account, device keys bound to the identity,
 //! per-key fingerprints and pairwise safety numbers.
 
+use std::collections::{HashSet, VecDeque};
 use std::fmt;
+use std::sync::{LazyLock, Mutex};
 
 use serde::{Deserialize, Serialize};
 use vodozemac::olm::{Account, AccountPickle};
@@ -131,6 +133,12 @@ impl IdentityKey {
         verify_ed25519(&self.0, msg, sig, "identity")
     }
 
+    /// [`IdentityKey::verify`] for a signature that is checked again and again (contact
+    /// cards): see [`verify_remembered`].
+    pub(crate) fn verify_remembered(&self, msg: &[u8], sig: &[u8]) -> Result<(), CryptoError> {
+        verify_remembered(&self.0, msg, sig, "identity")
+    }
+
     /// The libp2p `PeerId` of this key, e.g. `12D3KooW...`.
     ///
     /// base58btc( multihash(identity = 0x00, len = 36, protobuf PublicKey{ Type = Ed25519,
@@ -150,6 +158,67 @@ impl IdentityKey {
     pub fn fingerprint(&self) -> String {
         digits_from_digest(&fingerprint_digest(self), FINGERPRINT_GROUPS)
     }
+}
+
+/// How many valid Ed25519 signatures the process remembers (see [`verify_remembered`]): 32 bytes
+/// each, twice (set and order), so about 4 MiB when full.
+pub const VERIFIED_SIGNATURES_CAPACITY: usize = 65_536;
+
+const VERIFIED_CONTEXT: &str = "instaconnect 2026 verified ed25519 signature v1";
+
+/// Digests of (key, signature, message) triples that verified, oldest forgotten first.
+#[derive(Default)]
+struct VerifiedSignatures {
+    order: VecDeque<[u8; 32]>,
+    set: HashSet<[u8; 32]>,
+}
+
+static VERIFIED_SIGNATURES: LazyLock<Mutex<VerifiedSignatures>> = LazyLock::new(Mutex::default);
+
+fn verified_signatures() -> std::sync::MutexGuard<'static, VerifiedSignatures> {
+    // The set holds only digests of triples that verified; a panic elsewhere cannot leave it
+    // holding anything else.
+    VERIFIED_SIGNATURES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// [`verify_ed25519`] for signatures that are checked again and again: the same contact card
+/// or device keys are parsed at every contact request, accept and session start, and in the
+/// simulator by thousands of devices in one process. A (key, signature, message) triple that
+/// verified once is remembered process-wide by its BLAKE3 digest (key and signature have fixed
+/// lengths, so the encoding is unambiguous; at most [`VERIFIED_SIGNATURES_CAPACITY`], oldest
+/// forgotten first) and not checked again. Only successes are remembered, so a forged signature
+/// is checked (and refused) every time, and a wrong hit needs a BLAKE3 collision. One-off
+/// signatures (mailbox requests, receipts) use [`verify_ed25519`] and are not remembered.
+pub(crate) fn verify_remembered(
+    key: &[u8; KEY_LEN],
+    msg: &[u8],
+    sig: &[u8],
+    what: &'static str,
+) -> Result<(), CryptoError> {
+    if sig.len() != SIG_LEN {
+        return verify_ed25519(key, msg, sig, what);
+    }
+    let mut h = blake3::Hasher::new_derive_key(VERIFIED_CONTEXT);
+    h.update(key);
+    h.update(sig);
+    h.update(msg);
+    let digest = *h.finalize().as_bytes();
+    if verified_signatures().set.contains(&digest) {
+        return Ok(());
+    }
+    verify_ed25519(key, msg, sig, what)?;
+    let mut cache = verified_signatures();
+    if cache.set.insert(digest) {
+        cache.order.push_back(digest);
+        if cache.order.len() > VERIFIED_SIGNATURES_CAPACITY {
+            if let Some(old) = cache.order.pop_front() {
+                cache.set.remove(&old);
+            }
+        }
+    }
+    Ok(())
 }
 
 pub(crate) fn verify_ed25519(
@@ -481,13 +550,13 @@ impl SignedDeviceKeys {
             ));
         }
         let msg = self.signed_message();
-        verify_ed25519(
+        verify_remembered(
             &self.identity.0,
             &msg,
             &self.identity_signature.0,
             "device keys (identity)",
         )?;
-        verify_ed25519(
+        verify_remembered(
             &self.ed25519,
             &msg,
             &self.device_signature.0,
@@ -499,6 +568,28 @@ impl SignedDeviceKeys {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_remembered_signature_does_not_vouch_for_another_message_key_or_signature() {
+        let id = Identity::generate();
+        let other = Identity::generate();
+        let sig = id.sign(b"remembered");
+        let (key, wrong) = (id.public(), other.public());
+        // Twice: the second check is answered from the remembered set.
+        key.verify_remembered(b"remembered", &sig).unwrap();
+        key.verify_remembered(b"remembered", &sig).unwrap();
+        assert_eq!(
+            key.verify_remembered(b"rememberee", &sig),
+            Err(CryptoError::BadSignature("identity"))
+        );
+        assert!(wrong.verify_remembered(b"remembered", &sig).is_err());
+        let mut bad = sig;
+        bad[0] ^= 1;
+        assert!(key.verify_remembered(b"remembered", &bad).is_err());
+        // A forged signature stays refused however often it is tried.
+        assert!(key.verify_remembered(b"remembered", &bad).is_err());
+        assert!(key.verify_remembered(b"remembered", &sig[..63]).is_err());
+    }
 
     #[test]
     fn identity_roundtrips_through_seed_and_signs() {

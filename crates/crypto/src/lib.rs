@@ -54,6 +54,7 @@ pub use group::{
 pub use identity::{
     safety_number, Device, Identity, IdentityKey, SafetyNumber, Sig64, SignedDeviceKeys,
     DEVICE_KEYS_CONTEXT, FINGERPRINT_GROUPS, FINGERPRINT_ITERATIONS, FINGERPRINT_VERSION,
+    VERIFIED_SIGNATURES_CAPACITY,
 };
 pub use mailbox::{
     check_batch_receipt, deletion_hash, deposit_secret, envelope_hash, sign_receipt, verify_owner,

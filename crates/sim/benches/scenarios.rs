@@ -3,13 +3,15 @@
 //! (creating devices and linking contacts) shown apart from the run itself.
 //!
 //! Run it with `scripts/bench-sim` (release build); arguments are scenario names or paths
-//! (default: campus city). Target for the city: 10,000 devices, 24 simulated hours, 100,000
+//! (default: campus city), `--set KEY=VALUE` (one value, as `sim sweep --set`, applied to every
+//! scenario: `--set nodes.devices=1000 --set duration=2h` for a scaled run) and `--out DIR`
+//! (write each scenario's outputs into `DIR/<name>`, to compare runs byte for byte). Target for the city: 10,000 devices, 24 simulated hours, 100,000
 //! messages in under 10 minutes and 8 GiB on a 2-core machine.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use instaconnect_sim::{simulate, Scenario};
+use instaconnect_sim::{simulate, sweep, Scenario};
 
 /// Peak resident set size of this process in KiB (`VmHWM`), if the kernel reports it.
 fn peak_rss_kib() -> Option<u64> {
@@ -25,10 +27,40 @@ fn reset_peak_rss() {
 
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let mut names: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
+    let mut names: Vec<String> = Vec::new();
+    let mut sets: Vec<(String, toml::Value)> = Vec::new();
+    let mut out: Option<PathBuf> = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--set" | "--out" => {
+                let Some(v) = args.next() else {
+                    eprintln!("{a} needs a value");
+                    std::process::exit(2);
+                };
+                if a == "--out" {
+                    out = Some(PathBuf::from(v));
+                    continue;
+                }
+                match sweep::parse_set(&v) {
+                    Ok(set) if set.values.len() == 1 => {
+                        sets.push((set.key, set.values[0].clone()));
+                    }
+                    Ok(_) => {
+                        eprintln!("--set {v}: one value only");
+                        std::process::exit(2);
+                    }
+                    Err(e) => {
+                        eprintln!("{e}");
+                        std::process::exit(2);
+                    }
+                }
+            }
+            // cargo bench passes `--bench`.
+            _ if a.starts_with("--") => {}
+            _ => names.push(a),
+        }
+    }
     if names.is_empty() {
         names = vec!["campus".into(), "city".into()];
     }
@@ -51,7 +83,7 @@ fn main() {
         } else {
             root.join("simulations").join(format!("{name}.toml"))
         };
-        let sc = match Scenario::from_toml_file(&path) {
+        let sc = match Scenario::from_toml_file_with(&path, &sets) {
             Ok(sc) => sc,
             Err(e) => {
                 eprintln!("{e}");
@@ -83,6 +115,13 @@ fn main() {
                 std::process::exit(1);
             }
         };
+        if let Some(dir) = &out {
+            let stem = path.file_stem().unwrap_or_default();
+            if let Err(e) = report.write(&dir.join(stem), &sc) {
+                eprintln!("{name}: {e}");
+                std::process::exit(1);
+            }
+        }
         let s = &report.summary;
         let setup = setup_done.unwrap_or(wall);
         println!(

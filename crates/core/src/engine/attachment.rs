@@ -289,7 +289,12 @@ impl Engine {
             return Ok(());
         };
         let peer = t.peer.clone();
-        if t.paused || !self.peers.get(&peer).is_some_and(|p| p.view.connected) {
+        if t.paused
+            || !self
+                .peers
+                .get(peer.as_str())
+                .is_some_and(|p| p.view.connected)
+        {
             return Ok(());
         }
         let Some(record) = self.transfer_record(id)? else {
