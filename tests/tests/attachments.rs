@@ -51,6 +51,14 @@ fn linked() -> Pair {
     }
 }
 
+/// `attachments save ID --out NAME` in `home` through its node; the bytes written.
+fn save(home: &Home, node: &Node, id: &str, name: &str) -> Vec<u8> {
+    let out = home.file(name);
+    let saved = node.command(&["attachments", "save", id, "--out", out.to_str().unwrap()]);
+    assert_eq!(saved.json["code"], 0, "{saved:?}");
+    std::fs::read(&out).unwrap()
+}
+
 #[test]
 fn a_photo_and_a_file_sent_directly_arrive_byte_identical_and_can_be_saved() {
     let Pair {
@@ -124,34 +132,15 @@ fn a_photo_and_a_file_sent_directly_arrive_byte_identical_and_can_be_saved() {
         "{plain:?}"
     );
 
-    let out = ravi.file("saved.png");
-    let saved = ravi_node.command(&[
-        "attachments",
-        "save",
-        &photo_id,
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert_eq!(saved.json["code"], 0, "{saved:?}");
-    assert_eq!(
-        std::fs::read(&out).unwrap(),
-        photo,
+    assert!(
+        save(&ravi, &ravi_node, &photo_id, "saved.png") == photo,
         "the photo is byte-identical"
     );
-    let out2 = ravi.file("saved.bin");
-    let saved = ravi_node.command(&[
-        "attachments",
-        "save",
-        &file_id,
-        "--out",
-        out2.to_str().unwrap(),
-    ]);
-    assert_eq!(saved.json["code"], 0, "{saved:?}");
-    assert_eq!(
-        std::fs::read(&out2).unwrap(),
-        data,
+    assert!(
+        save(&ravi, &ravi_node, &file_id, "saved.bin") == data,
         "the file is byte-identical"
     );
+    let out2 = ravi.file("saved.bin");
 
     // Saving again over the file is refused; nothing is overwritten.
     let again = ravi_node.command(&[
@@ -242,11 +231,8 @@ fn a_100_mib_file_completes_identical_after_the_sender_is_killed_half_way() {
     // Asha comes back; the transfer goes on from where it stopped.
     let _asha_node = asha.start_node_with(&["--peer", &ravi_addr]);
     ravi_events.wait("attachment_received", |d| d["id"] == id.as_str());
-    let out = ravi.file("big-saved.bin");
-    let saved = ravi_node.command(&["attachments", "save", &id, "--out", out.to_str().unwrap()]);
-    assert_eq!(saved.json["code"], 0, "{saved:?}");
     assert!(
-        std::fs::read(&out).unwrap() == data,
+        save(&ravi, &ravi_node, &id, "big-saved.bin") == data,
         "the 100 MiB file is identical"
     );
     assert!(
