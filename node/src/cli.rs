@@ -358,6 +358,10 @@ pub enum GroupsCmd {
     Rename { group: String, name: String },
     /// Leave a group
     Leave { group: String },
+    /// Accept an invitation to a group
+    Accept { group: String },
+    /// Decline an invitation to a group
+    Decline { group: String },
     /// List groups
     List,
     /// Show a group and its members
@@ -500,6 +504,8 @@ impl Cli {
                 GroupsCmd::Demote { .. } => "groups demote",
                 GroupsCmd::Rename { .. } => "groups rename",
                 GroupsCmd::Leave { .. } => "groups leave",
+                GroupsCmd::Accept { .. } => "groups accept",
+                GroupsCmd::Decline { .. } => "groups decline",
                 GroupsCmd::List => "groups list",
                 GroupsCmd::Show { .. } => "groups show",
             },
@@ -746,15 +752,42 @@ pub fn execute(cli: Cli, home: &Home, source: Source<'_>, out: &mut Out) -> Resu
                     &path,
                     Some(text.join(" ")),
                 ),
-                None => crate::messaging::send(&ctx, out, &contact, text.join(" ")),
+                None => {
+                    let store = ctx.open()?;
+                    match crate::groups::target_group(&ctx, &store, &contact)? {
+                        Some(g) => crate::groups::send(&ctx, out, &store, &g, text.join(" ")),
+                        None => {
+                            drop(store);
+                            crate::messaging::send(&ctx, out, &contact, text.join(" "))
+                        }
+                    }
+                }
             }
         }
         Cmd::Attachments(AttachmentsCmd::Save { id, out: to }) => {
             crate::messaging::save_attachment(&ctx, out, &id, to.as_deref())
         }
         Cmd::Inbox => crate::messaging::inbox(&ctx, out),
-        Cmd::History { contact } => crate::messaging::history(&ctx, out, &contact),
-        Cmd::Read { contact } => crate::messaging::read(&ctx, out, &contact),
+        Cmd::History { contact } => {
+            let store = ctx.open()?;
+            match crate::groups::target_group(&ctx, &store, &contact)? {
+                Some(g) => crate::groups::history(&ctx, out, &store, &g),
+                None => {
+                    drop(store);
+                    crate::messaging::history(&ctx, out, &contact)
+                }
+            }
+        }
+        Cmd::Read { contact } => {
+            let store = ctx.open()?;
+            match crate::groups::target_group(&ctx, &store, &contact)? {
+                Some(g) => crate::groups::read(&ctx, out, &store, &g),
+                None => {
+                    drop(store);
+                    crate::messaging::read(&ctx, out, &contact)
+                }
+            }
+        }
         Cmd::Chat { .. } => Err(usage(anyhow!(
             "`chat` is interactive: run it in a terminal (`instaconnect chat CONTACT`)"
         ))),
@@ -1263,18 +1296,44 @@ fn groups(ctx: &Ctx, out: &mut Out, cmd: GroupsCmd) -> Result<(), Failure> {
     let now = now_ms();
     let g = match cmd {
         GroupsCmd::Create { name, members } => {
-            book.create_group(&name, &members, r, new_group_id(), now)?
+            crate::groups::check_linked(ctx, &book, &members)?;
+            let g = book.create_group(&name, &members, r, new_group_id(), now)?;
+            crate::groups::sync(ctx, out, &store, &g)?;
+            g
         }
-        GroupsCmd::Add { group, members } => book.add_members(&group, &members, r, now)?,
-        GroupsCmd::Remove { group, members } => book.remove_members(&group, &members, r, now)?,
+        GroupsCmd::Add { group, members } => {
+            crate::groups::check_linked(ctx, &book, &members)?;
+            let g = book.add_members(&group, &members, r, now)?;
+            crate::groups::sync(ctx, out, &store, &g)?;
+            g
+        }
+        GroupsCmd::Remove { group, members } => {
+            let g = book.remove_members(&group, &members, r, now)?;
+            crate::groups::sync(ctx, out, &store, &g)?;
+            g
+        }
         GroupsCmd::Promote { group, member } => {
-            book.set_role(&group, &member, Role::Admin, r, now)?
+            let g = book.set_role(&group, &member, Role::Admin, r, now)?;
+            crate::groups::sync(ctx, out, &store, &g)?;
+            g
         }
         GroupsCmd::Demote { group, member } => {
-            book.set_role(&group, &member, Role::Member, r, now)?
+            let g = book.set_role(&group, &member, Role::Member, r, now)?;
+            crate::groups::sync(ctx, out, &store, &g)?;
+            g
         }
-        GroupsCmd::Rename { group, name } => book.rename_group(&group, &name, now)?,
-        GroupsCmd::Leave { group } => book.leave_group(&group, now)?,
+        GroupsCmd::Rename { group, name } => {
+            let g = book.rename_group(&group, &name, now)?;
+            crate::groups::sync(ctx, out, &store, &g)?;
+            g
+        }
+        GroupsCmd::Leave { group } => {
+            let g = book.leave_group(&group, now)?;
+            crate::groups::leave(ctx, &store, &g)?;
+            g
+        }
+        GroupsCmd::Accept { group } => return crate::groups::answer(ctx, out, &group, true),
+        GroupsCmd::Decline { group } => return crate::groups::answer(ctx, out, &group, false),
         GroupsCmd::Show { group } => book.resolve_group(&group)?,
         GroupsCmd::List => {
             let list = book.groups()?;
@@ -1291,7 +1350,7 @@ fn groups(ctx: &Ctx, out: &mut Out, cmd: GroupsCmd) -> Result<(), Failure> {
                             g.id.to_hex()[..8].to_string(),
                             g.name.clone(),
                             g.members.len().to_string(),
-                            if g.left { "left" } else { "" }.to_string(),
+                            crate::groups::status(&store, g).to_string(),
                         ]
                     })
                     .collect();
@@ -1300,20 +1359,33 @@ fn groups(ctx: &Ctx, out: &mut Out, cmd: GroupsCmd) -> Result<(), Failure> {
             return Ok(());
         }
     };
-    print_group(ctx, out, &book, &g)
+    print_group(ctx, out, &book, &store, &g)
 }
 
-fn print_group(ctx: &Ctx, out: &mut Out, book: &Book<'_>, g: &GroupRecord) -> Result<(), Failure> {
+fn print_group(
+    ctx: &Ctx,
+    out: &mut Out,
+    book: &Book<'_>,
+    store: &SledStore,
+    g: &GroupRecord,
+) -> Result<(), Failure> {
     if ctx.json {
-        out.json(&GroupOut::from(g))?;
+        let mut v = serde_json::to_value(GroupOut::from(g)).context("cannot encode the group")?;
+        v["status"] = json!(crate::groups::status(store, g));
+        v["joined"] = json!(crate::groups::joined(store, g));
+        out.json(&v)?;
         return Ok(());
     }
     let me = book.account()?.phone;
     let names = store_contacts_by_phone(book)?;
     out.line(format!("group {} ({})", g.name, g.id.to_hex()));
-    if g.left {
-        out.line("you left this group");
+    match crate::groups::status(store, g) {
+        "left" => out.line("you are no longer a member of this group"),
+        "invited" => out
+            .line("you are invited: `instaconnect groups accept` or `instaconnect groups decline`"),
+        _ => {}
     }
+    let joined = crate::groups::joined(store, g);
     let rows: Vec<Vec<String>> = g
         .members
         .iter()
@@ -1323,10 +1395,20 @@ fn print_group(ctx: &Ctx, out: &mut Out, book: &Book<'_>, g: &GroupRecord) -> Re
             } else {
                 names.get(&m.phone).cloned().flatten().unwrap_or_default()
             };
-            vec![m.phone.clone(), name, role_str(m.role).to_string()]
+            let state = if joined.contains(&m.phone) {
+                "joined"
+            } else {
+                "invited"
+            };
+            vec![
+                m.phone.clone(),
+                name,
+                role_str(m.role).to_string(),
+                state.to_string(),
+            ]
         })
         .collect();
-    out.table(&["PHONE", "NAME", "ROLE"], &rows);
+    out.table(&["PHONE", "NAME", "ROLE", "STATE"], &rows);
     Ok(())
 }
 

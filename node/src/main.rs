@@ -8,6 +8,7 @@ mod config;
 mod control_file;
 mod daemon;
 mod files;
+mod groups;
 mod home;
 mod messaging;
 mod output;

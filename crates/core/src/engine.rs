@@ -20,6 +20,7 @@
 //! encrypted afresh at every attempt, so a retry always decrypts.
 
 mod attachment;
+mod group;
 mod mailbox;
 
 pub use attachment::{
@@ -42,7 +43,7 @@ use instaconnect_wire::proto::{
 };
 use instaconnect_wire::records::{
     AccountRecord, ContactRecord, ContactRequestRecord, ConversationRecord, DeliveryState,
-    Direction, HeldMessage, MessageRecord, OutboxEntry, OutboxPayload, Visibility,
+    Direction, GroupId, HeldMessage, MessageRecord, OutboxEntry, OutboxPayload, Visibility,
 };
 use instaconnect_wire::SecretBytes;
 use rand::{RngCore, SeedableRng};
@@ -180,6 +181,17 @@ pub enum Command {
         id: [u8; 16],
         manifest: Box<instaconnect_wire::proto::AttachmentManifest>,
     },
+    /// The user changed a group in the address book (created it, added, removed, promoted,
+    /// demoted, renamed): send its new state to the members. Admins only.
+    GroupChanged { group: GroupId },
+    /// Accept or decline an invitation to a group.
+    AnswerGroup { group: GroupId, accept: bool },
+    /// The user left a group (the address book marked it left): tell the members.
+    LeaveGroup { group: GroupId },
+    /// Send a text to a group.
+    SendGroup { group: GroupId, text: String },
+    /// The user has seen the group's conversation: mark read, send receipts if allowed.
+    MarkGroupRead { group: GroupId },
 }
 
 /// What the engine asks the shell to do.
@@ -275,6 +287,28 @@ pub enum Event {
         name: String,
         size: u64,
     },
+    /// An admin invited us to a group (accept or decline it).
+    GroupInvite {
+        group: String,
+        name: String,
+        from: String,
+        members: usize,
+    },
+    /// A group we are in changed: who joined, left, was added or removed, or a rename.
+    GroupChanged {
+        group: String,
+        name: String,
+        what: String,
+    },
+    /// A member's message in a group.
+    GroupMessageReceived {
+        group: String,
+        name: String,
+        from: String,
+        id: String,
+        text: String,
+        sent_at_ms: u64,
+    },
     /// Something failed that the user should know of (never a message's content).
     Problem {
         message: String,
@@ -322,6 +356,8 @@ pub enum EngineError {
     Busy,
     #[error("cannot send this attachment: {0}")]
     Attachment(String),
+    #[error("{0}")]
+    Group(String),
     #[error(transparent)]
     Blob(#[from] BlobError),
     #[error(transparent)]
@@ -534,6 +570,8 @@ pub struct Engine {
     blobs: Arc<dyn Blobs>,
     /// Attachments being fetched or served.
     transfers: attachment::Transfers,
+    /// Our group messages on their way to members.
+    fanout: group::Fanout,
 }
 
 fn earliest(a: Option<u64>, b: Option<u64>) -> Option<u64> {
@@ -565,6 +603,7 @@ impl Engine {
         }
         let relay = mailbox::RelayState::load(store.as_ref())?;
         let transfers = attachment::Transfers::load(store.as_ref())?;
+        let fanout = group::Fanout::load(store.as_ref())?;
         let mut held = HeldTexts::default();
         for h in store.held()? {
             held.by_conversation
@@ -599,6 +638,7 @@ impl Engine {
             unacking: HashSet::new(),
             blobs: Arc::new(MemBlobs::new()),
             transfers,
+            fanout,
         })
     }
 
@@ -1069,6 +1109,22 @@ impl Engine {
             Command::SendAttachment { to, id, manifest } => {
                 self.send_attachment(&to, id, *manifest, now_ms).map(Some)
             }
+            Command::GroupChanged { group } => self.group_changed(group, now_ms),
+            Command::AnswerGroup { group, accept } => {
+                self.answer_group(group, accept, now_ms)?;
+                Ok(None)
+            }
+            Command::LeaveGroup { group } => {
+                self.leave_group(group, now_ms)?;
+                Ok(None)
+            }
+            Command::SendGroup { group, text } => {
+                self.send_group_text(group, text, now_ms).map(Some)
+            }
+            Command::MarkGroupRead { group } => {
+                self.mark_group_read(group, now_ms)?;
+                Ok(None)
+            }
         }
     }
 
@@ -1494,6 +1550,8 @@ impl Engine {
                     state,
                 });
             }
+        } else if self.is_group_entry(id) {
+            self.group_entry_state(id, state)?;
         }
         Ok(())
     }
@@ -2025,6 +2083,14 @@ impl Engine {
             Payload::Attachment { manifest, n } => {
                 return self
                     .take_attachment(peer, contact, id, sent_at_ms, manifest, n, ops, now_ms);
+            }
+            Payload::GroupUpdate { .. }
+            | Payload::GroupCards { .. }
+            | Payload::GroupMembership { .. }
+            | Payload::GroupKey { .. }
+            | Payload::GroupMessage { .. }
+            | Payload::GroupRead { .. } => {
+                return self.take_group_payload(contact, sender, id, sent_at_ms, payload, now_ms);
             }
             Payload::Location { .. } => {
                 // The format exists (issue 6); storing and showing it does not yet, and this

@@ -23,8 +23,9 @@ pub use sled_store::SledStore;
 
 use instaconnect_wire::records::{
     AccountRecord, AttachmentRecord, BlockRecord, ContactMailboxes, ContactRecord,
-    ContactRequestRecord, ConversationRecord, DepositRecord, GroupId, GroupRecord, HeldMessage,
-    MessageRecord, OutboxEntry, OwnMailbox, Profile, Settings,
+    ContactRequestRecord, ConversationRecord, DepositRecord, GroupId, GroupMessageRecord,
+    GroupRecord, GroupSyncRecord, HeldMessage, MessageRecord, OutboxEntry, OwnMailbox, Profile,
+    Settings,
 };
 use instaconnect_wire::{SecretBytes, WireError};
 
@@ -76,6 +77,9 @@ pub enum Op {
         peer: String,
         n: u64,
     },
+    PutGroupSync(GroupSyncRecord),
+    RemoveGroupSync(GroupId),
+    PutGroupMessage(GroupMessageRecord),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -154,6 +158,10 @@ pub trait Store: Send + Sync {
     fn attachment(&self, id: &[u8; 16]) -> Result<Option<AttachmentRecord>>;
     /// Every attachment record, ordered by message id (transfers to resume).
     fn attachments(&self) -> Result<Vec<AttachmentRecord>>;
+    /// A group's network state.
+    fn group_sync(&self, id: &GroupId) -> Result<Option<GroupSyncRecord>>;
+    /// Who sent a group message, and how far ours got.
+    fn group_message(&self, id: &[u8; 16]) -> Result<Option<GroupMessageRecord>>;
 
     /// Applies the batch atomically and durably (flushed before returning).
     fn apply(&self, ops: Vec<Op>) -> Result<()> {

@@ -3,8 +3,9 @@ use std::sync::{Mutex, MutexGuard};
 
 use instaconnect_wire::records::{
     AccountRecord, AttachmentRecord, BlockRecord, ContactMailboxes, ContactRecord,
-    ContactRequestRecord, ConversationRecord, DepositRecord, GroupId, GroupRecord, HeldMessage,
-    MessageRecord, OutboxEntry, OwnMailbox, Profile, Settings,
+    ContactRequestRecord, ConversationRecord, DepositRecord, GroupId, GroupMessageRecord,
+    GroupRecord, GroupSyncRecord, HeldMessage, MessageRecord, OutboxEntry, OwnMailbox, Profile,
+    Settings,
 };
 use instaconnect_wire::SecretBytes;
 
@@ -31,6 +32,8 @@ struct State {
     contact_mailboxes: BTreeMap<String, ContactMailboxes>,
     deposits: BTreeMap<([u8; 16], [u8; 32]), DepositRecord>,
     attachments: BTreeMap<[u8; 16], AttachmentRecord>,
+    group_syncs: BTreeMap<GroupId, GroupSyncRecord>,
+    group_messages: BTreeMap<[u8; 16], GroupMessageRecord>,
     /// (peer id, phone) of every contact linked to a device.
     contact_peers: std::collections::BTreeSet<(String, String)>,
 }
@@ -170,6 +173,14 @@ impl Store for MemStore {
         Ok(self.lock().attachments.values().cloned().collect())
     }
 
+    fn group_sync(&self, id: &GroupId) -> Result<Option<GroupSyncRecord>> {
+        Ok(self.lock().group_syncs.get(id).cloned())
+    }
+
+    fn group_message(&self, id: &[u8; 16]) -> Result<Option<GroupMessageRecord>> {
+        Ok(self.lock().group_messages.get(id).cloned())
+    }
+
     fn flush(&self) -> Result<()> {
         Ok(())
     }
@@ -270,6 +281,15 @@ impl Store for MemStore {
                 }
                 Op::RemoveAttachment(id) => {
                     next.attachments.remove(&id);
+                }
+                Op::PutGroupSync(g) => {
+                    next.group_syncs.insert(g.id, g);
+                }
+                Op::RemoveGroupSync(id) => {
+                    next.group_syncs.remove(&id);
+                }
+                Op::PutGroupMessage(m) => {
+                    next.group_messages.insert(m.id, m);
                 }
             }
         }

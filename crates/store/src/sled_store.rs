@@ -3,8 +3,9 @@ use std::path::{Path, PathBuf};
 
 use instaconnect_wire::records::{
     AccountRecord, AttachmentRecord, BlockRecord, ContactMailboxes, ContactRecord,
-    ContactRequestRecord, ConversationRecord, DepositRecord, GroupId, GroupRecord, HeldMessage,
-    MessageRecord, OutboxEntry, OutboxPayload, OwnMailbox, Profile, Settings,
+    ContactRequestRecord, ConversationRecord, DepositRecord, GroupId, GroupMessageRecord,
+    GroupRecord, GroupSyncRecord, HeldMessage, MessageRecord, OutboxEntry, OutboxPayload,
+    OwnMailbox, Profile, Settings,
 };
 use instaconnect_wire::{decode, encode, SecretBytes, SCHEMA_VERSION};
 use serde::de::DeserializeOwned;
@@ -39,6 +40,10 @@ const PREFIX_CONTACT_MAILBOXES: &[u8] = b"cmb/";
 const PREFIX_DEPOSIT: &[u8] = b"deposit/";
 /// `att/<message id>`: a message's attachment (manifest and which chunks are stored).
 const PREFIX_ATTACHMENT: &[u8] = b"att/";
+/// `gsync/<group id>`: a group's network state (membership version, keys).
+const PREFIX_GROUP_SYNC: &[u8] = b"gsync/";
+/// `gmsg/<message id>`: a group message's sender and per-member states.
+const PREFIX_GROUP_MESSAGE: &[u8] = b"gmsg/";
 /// `cpeer/<peer id>/<phone>` -> empty: which contacts are linked to a device.
 const PREFIX_CONTACT_PEER: &[u8] = b"cpeer/";
 
@@ -310,6 +315,14 @@ impl Store for SledStore {
         self.scan(PREFIX_ATTACHMENT)
     }
 
+    fn group_sync(&self, id: &GroupId) -> Result<Option<GroupSyncRecord>> {
+        self.get(&key(PREFIX_GROUP_SYNC, &id.0))
+    }
+
+    fn group_message(&self, id: &[u8; 16]) -> Result<Option<GroupMessageRecord>> {
+        self.get(&key(PREFIX_GROUP_MESSAGE, id))
+    }
+
     fn flush(&self) -> Result<()> {
         self.db.flush()?;
         Ok(())
@@ -402,6 +415,9 @@ impl Store for SledStore {
                 Op::RemoveDeposit(id, mailbox) => batch.remove(deposit_key(id, mailbox)),
                 Op::PutAttachment(a) => batch.insert(key(PREFIX_ATTACHMENT, &a.id), enc(a)?),
                 Op::RemoveAttachment(id) => batch.remove(key(PREFIX_ATTACHMENT, id)),
+                Op::PutGroupSync(g) => batch.insert(key(PREFIX_GROUP_SYNC, &g.id.0), enc(g)?),
+                Op::RemoveGroupSync(id) => batch.remove(key(PREFIX_GROUP_SYNC, &id.0)),
+                Op::PutGroupMessage(m) => batch.insert(key(PREFIX_GROUP_MESSAGE, &m.id), enc(m)?),
             }
         }
         self.db.stage(batch)?;

@@ -2,7 +2,9 @@
 //! a plain model after every batch and after the sled database is closed and reopened.
 
 use instaconnect_store::{MemStore, Op, SledStore, Store};
-use instaconnect_wire::proto::{AttachmentKind, AttachmentManifest, MailboxAddress};
+use instaconnect_wire::proto::{
+    AttachmentKind, AttachmentManifest, GroupCard, GroupState, GroupStateMember, MailboxAddress,
+};
 use instaconnect_wire::records::*;
 use instaconnect_wire::SecretBytes;
 use proptest::prelude::*;
@@ -226,6 +228,49 @@ fn relay_op() -> impl Strategy<Value = Op> {
             })
         }),
         (0u8..6).prop_map(|id| Op::RemoveAttachment([id; 16])),
+        (group_id(), any::<u64>(), phone(), any::<bool>()).prop_map(|(id, version, p, inv)| {
+            Op::PutGroupSync(GroupSyncRecord {
+                id,
+                state: GroupState {
+                    id: id.0,
+                    version,
+                    name: format!("g{version}"),
+                    members: vec![GroupStateMember {
+                        phone: p.clone(),
+                        admin: true,
+                    }],
+                    joined: vec![p.clone()],
+                },
+                invited_by: inv.then(|| p.clone()),
+                sender: Some(SecretBytes::new(vec![1, 2, 3])),
+                sender_members: vec![p.clone()],
+                shared_with: Vec::new(),
+                keys: vec![GroupKeyRecord {
+                    phone: p.clone(),
+                    session_id: [id.0[0]; 32],
+                    pickle: SecretBytes::new(vec![4; 8]),
+                }],
+                waiting: vec![WaitingGroupMessage {
+                    from: p.clone(),
+                    id: [5; 16],
+                    sent_at_ms: version,
+                    ciphertext: vec![6; 4],
+                }],
+                cards: vec![GroupCard {
+                    phone: p,
+                    card: vec![7; 3],
+                }],
+            })
+        }),
+        group_id().prop_map(Op::RemoveGroupSync),
+        (0u8..6, group_id(), phone()).prop_map(|(id, group, sender)| {
+            Op::PutGroupMessage(GroupMessageRecord {
+                id: [id; 16],
+                group,
+                sender: sender.clone(),
+                states: vec![(sender, DeliveryState::Read)],
+            })
+        }),
     ]
 }
 
@@ -255,6 +300,10 @@ fn snapshot(s: &dyn Store) -> String {
         out.push_str(&format!("\n{:?}", s.message(&[i; 16]).unwrap()));
         out.push_str(&format!("\n{:?}", s.seen(&[i; 16]).unwrap()));
         out.push_str(&format!("\n{:?}", s.attachment(&[i; 16]).unwrap()));
+        out.push_str(&format!("\n{:?}", s.group_message(&[i; 16]).unwrap()));
+    }
+    for i in 0u8..4 {
+        out.push_str(&format!("\n{:?}", s.group_sync(&GroupId([i; 16])).unwrap()));
     }
     for p in ["a", "b"] {
         out.push_str(&format!("\n{:?}", s.session(p).unwrap()));

@@ -141,6 +141,147 @@ pub enum Payload {
     },
     /// A location in the 1:1 conversation, numbered with the texts (`n`).
     Location { location: Location, n: u64 },
+    /// A group's membership as an admin (the sender) set it: an invitation to a member who
+    /// does not know the group yet, an update for the others. Newer versions replace older.
+    GroupUpdate { state: GroupState },
+    /// Signed contact cards (crypto encoding) of group members, so members who are not each
+    /// other's contacts can start sessions (at most [`MAX_GROUP_CARDS`] per payload).
+    GroupCards {
+        group: [u8; 16],
+        cards: Vec<GroupCard>,
+    },
+    /// The sender joined the group (accepted its invitation), or with `joined: false` declined
+    /// or left it. A joiner's own fresh card comes with it.
+    GroupMembership {
+        group: [u8; 16],
+        joined: bool,
+        #[serde(with = "crate::secret::serde_bytes_compat")]
+        card: Vec<u8>,
+    },
+    /// The sender's current group sender key (a Megolm session key share, crypto encoding).
+    GroupKey {
+        group: [u8; 16],
+        #[serde(with = "crate::secret::serde_bytes_compat")]
+        share: Vec<u8>,
+    },
+    /// A group message: a Megolm message (crypto encoding) of the sender's current session
+    /// whose plaintext is an encoded [`GroupBody`] with the same `id`.
+    GroupMessage {
+        group: [u8; 16],
+        id: MsgId,
+        #[serde(with = "crate::secret::serde_bytes_compat")]
+        ciphertext: Vec<u8>,
+    },
+    /// The sender read these group messages of ours (sent only if its privacy allows).
+    GroupRead { group: [u8; 16], ids: Vec<MsgId> },
+}
+
+/// Most members of a group, the creator included.
+pub const MAX_GROUP_MEMBERS: usize = 256;
+/// Longest group name, in bytes.
+pub const MAX_GROUP_NAME_BYTES: usize = 256;
+/// Most cards in one [`Payload::GroupCards`] (each is a few hundred bytes, and a payload must
+/// fit a relay's envelope).
+pub const MAX_GROUP_CARDS: usize = 32;
+/// Longest contact card carried for a group, in bytes.
+pub const MAX_GROUP_CARD_BYTES: usize = 1024;
+/// Longest phone number (E.164: `+` and at most 15 digits).
+pub const MAX_PHONE_BYTES: usize = 16;
+
+/// One member of a [`GroupState`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupStateMember {
+    /// E.164.
+    pub phone: String,
+    pub admin: bool,
+}
+
+/// A group's shared state. Every change an admin makes increases `version`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupState {
+    pub id: [u8; 16],
+    pub version: u64,
+    pub name: String,
+    pub members: Vec<GroupStateMember>,
+    /// Members known to have accepted the invitation (the others are invited).
+    pub joined: Vec<String>,
+}
+
+/// A member's signed contact card.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupCard {
+    pub phone: String,
+    #[serde(with = "crate::secret::serde_bytes_compat")]
+    pub card: Vec<u8>,
+}
+
+/// What a group message decrypts to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GroupBody {
+    /// A text; `id` must be the id the [`Payload::GroupMessage`] carries.
+    Text { id: MsgId, text: String },
+}
+
+impl GroupBody {
+    pub fn encode(&self) -> Result<Vec<u8>, WireError> {
+        encode(self)
+    }
+
+    /// Decodes a decrypted group message and checks its limits.
+    pub fn decode(bytes: &[u8]) -> Result<GroupBody, ProtoError> {
+        let b: GroupBody = decode_with_limit(bytes, MAX_FRAME_BYTES)?;
+        match &b {
+            GroupBody::Text { text, .. } if text.len() > MAX_TEXT_BYTES => {
+                Err(ProtoError::TooLarge {
+                    what: "text",
+                    len: text.len(),
+                    max: MAX_TEXT_BYTES,
+                })
+            }
+            _ => Ok(b),
+        }
+    }
+}
+
+impl GroupState {
+    /// Checks the bounds: member count, name and phone lengths, no duplicate member, joined
+    /// members are members.
+    pub fn check(&self) -> Result<(), ProtoError> {
+        let too_large = |what, len, max| Err(ProtoError::TooLarge { what, len, max });
+        if self.members.len() > MAX_GROUP_MEMBERS {
+            return too_large("group members", self.members.len(), MAX_GROUP_MEMBERS);
+        }
+        if self.name.len() > MAX_GROUP_NAME_BYTES {
+            return too_large("group name", self.name.len(), MAX_GROUP_NAME_BYTES);
+        }
+        if self.joined.len() > self.members.len() {
+            return Err(ProtoError::Invalid("more joined than members"));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for m in &self.members {
+            if m.phone.len() > MAX_PHONE_BYTES {
+                return too_large("phone number", m.phone.len(), MAX_PHONE_BYTES);
+            }
+            if !seen.insert(m.phone.as_str()) {
+                return Err(ProtoError::Invalid("duplicate group member"));
+            }
+        }
+        if self.joined.iter().any(|j| !seen.contains(j.as_str())) {
+            return Err(ProtoError::Invalid("a joined member is not a member"));
+        }
+        if !self.members.iter().any(|m| m.admin) {
+            return Err(ProtoError::Invalid("a group without an admin"));
+        }
+        Ok(())
+    }
+
+    pub fn is_member(&self, phone: &str) -> bool {
+        self.members.iter().any(|m| m.phone == phone)
+    }
+
+    pub fn is_admin(&self, phone: &str) -> bool {
+        self.members.iter().any(|m| m.phone == phone && m.admin)
+    }
 }
 
 /// Most chunks one attachment has (each listed by hash in its manifest).
@@ -410,6 +551,40 @@ impl Payload {
             Payload::Location { location, .. } if !location.is_valid() => {
                 Err(ProtoError::Invalid("location off the globe"))
             }
+            Payload::GroupUpdate { state } => state.check().map(|()| p),
+            Payload::GroupCards { cards, .. } => {
+                if cards.len() > MAX_GROUP_CARDS {
+                    return Err(ProtoError::TooLarge {
+                        what: "group cards",
+                        len: cards.len(),
+                        max: MAX_GROUP_CARDS,
+                    });
+                }
+                match cards.iter().find(|c| {
+                    c.phone.len() > MAX_PHONE_BYTES || c.card.len() > MAX_GROUP_CARD_BYTES
+                }) {
+                    Some(c) => Err(ProtoError::TooLarge {
+                        what: "group card",
+                        len: c.card.len().max(c.phone.len()),
+                        max: MAX_GROUP_CARD_BYTES,
+                    }),
+                    None => Ok(p),
+                }
+            }
+            Payload::GroupMembership { card, .. } if card.len() > MAX_GROUP_CARD_BYTES => {
+                Err(ProtoError::TooLarge {
+                    what: "group card",
+                    len: card.len(),
+                    max: MAX_GROUP_CARD_BYTES,
+                })
+            }
+            Payload::GroupRead { ids, .. } if ids.len() > MAX_RECEIPT_IDS => {
+                Err(ProtoError::TooLarge {
+                    what: "receipt",
+                    len: ids.len(),
+                    max: MAX_RECEIPT_IDS,
+                })
+            }
             _ => Ok(p),
         }
     }
@@ -419,6 +594,62 @@ impl Payload {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn group_states_out_of_bounds_are_refused() {
+        let member = |i: usize| GroupStateMember {
+            phone: format!("+91981234{i:04}"),
+            admin: i == 0,
+        };
+        let state = |n: usize| GroupState {
+            id: [1; 16],
+            version: 1,
+            name: "Trip".into(),
+            members: (0..n).map(member).collect(),
+            joined: vec![member(0).phone],
+        };
+        let ok = Payload::GroupUpdate { state: state(5) };
+        assert_eq!(Payload::decode(&ok.encode().unwrap()).unwrap(), ok);
+        let big = Payload::GroupUpdate {
+            state: state(MAX_GROUP_MEMBERS + 1),
+        };
+        assert!(matches!(
+            Payload::decode(&big.encode().unwrap()),
+            Err(ProtoError::TooLarge {
+                what: "group members",
+                ..
+            })
+        ));
+        let mut twice = state(3);
+        twice.members.push(member(1));
+        assert!(Payload::decode(&Payload::GroupUpdate { state: twice }.encode().unwrap()).is_err());
+        let mut no_admin = state(3);
+        no_admin.members[0].admin = false;
+        assert!(
+            Payload::decode(&Payload::GroupUpdate { state: no_admin }.encode().unwrap()).is_err()
+        );
+        let mut stranger = state(3);
+        stranger.joined.push("+10000000000".into());
+        assert!(
+            Payload::decode(&Payload::GroupUpdate { state: stranger }.encode().unwrap()).is_err()
+        );
+        let cards = Payload::GroupCards {
+            group: [1; 16],
+            cards: (0..MAX_GROUP_CARDS + 1)
+                .map(|i| GroupCard {
+                    phone: member(i).phone,
+                    card: vec![0; 8],
+                })
+                .collect(),
+        };
+        assert!(Payload::decode(&cards.encode().unwrap()).is_err());
+        let body = GroupBody::Text {
+            id: [2; 16],
+            text: "x".repeat(MAX_TEXT_BYTES + 1),
+        };
+        assert!(GroupBody::decode(&body.encode().unwrap()).is_err());
+        assert!(GroupBody::decode(&[0xff, 0xff, 0xff]).is_err());
+    }
 
     #[test]
     fn frames_roundtrip() {

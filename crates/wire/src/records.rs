@@ -524,3 +524,70 @@ mod relay_envelope_tests {
         }
     }
 }
+
+/// What a device keeps of a group, beyond its [`GroupRecord`], to run it over the network
+/// (device database, `gsync/<group id>`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupSyncRecord {
+    pub id: GroupId,
+    /// The membership as last sent or accepted (`version` 0: created here, never sent).
+    pub state: crate::proto::GroupState,
+    /// Set while we have not answered an invitation: who invited us (E.164).
+    pub invited_by: Option<String>,
+    /// Our Megolm sender key (crypto pickle), once we sent.
+    pub sender: Option<SecretBytes>,
+    /// The member set our sender key was made for (a change replaces the key).
+    pub sender_members: Vec<String>,
+    /// Members who hold our sender key's current session.
+    pub shared_with: Vec<String>,
+    /// Sender keys other members shared with us, oldest first (a few per member).
+    pub keys: Vec<GroupKeyRecord>,
+    /// Group messages waiting for their sender's key (it may come after them).
+    pub waiting: Vec<WaitingGroupMessage>,
+    /// Members' cards an admin handed on while the invitation is unanswered.
+    pub cards: Vec<crate::proto::GroupCard>,
+}
+
+/// A member's Megolm session as we received it (crypto pickle of the receiver).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupKeyRecord {
+    /// The member (E.164).
+    pub phone: String,
+    pub session_id: [u8; 32],
+    pub pickle: SecretBytes,
+}
+
+/// A group message that arrived before its sender's key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaitingGroupMessage {
+    pub from: String,
+    pub id: [u8; 16],
+    pub sent_at_ms: u64,
+    #[serde(with = "serde_bytes_compat")]
+    pub ciphertext: Vec<u8>,
+}
+
+/// Who sent a group message and, for ours, how far it got with each member (device database,
+/// `gmsg/<message id>`). The message itself is a [`MessageRecord`] in the group's
+/// conversation ([`GroupId::conversation`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupMessageRecord {
+    pub id: [u8; 16],
+    pub group: GroupId,
+    /// The sender (E.164; our own number for ours).
+    pub sender: String,
+    /// Ours: each recipient's state.
+    pub states: Vec<(String, DeliveryState)>,
+}
+
+impl GroupId {
+    /// The conversation key of the group's messages (never an E.164 number).
+    pub fn conversation(&self) -> String {
+        format!("group:{}", self.to_hex())
+    }
+
+    /// The group whose conversation key this is.
+    pub fn from_conversation(key: &str) -> Option<GroupId> {
+        GroupId::from_hex(key.strip_prefix("group:")?)
+    }
+}

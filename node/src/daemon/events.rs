@@ -50,6 +50,9 @@ fn engine_kind(e: &instaconnect_core::engine::Event) -> &'static str {
         E::Relay { .. } => "relay",
         E::AttachmentProgress { .. } => "attachment_progress",
         E::AttachmentReceived { .. } => "attachment_received",
+        E::GroupInvite { .. } => "group_invite",
+        E::GroupChanged { .. } => "group_changed",
+        E::GroupMessageReceived { .. } => "group_message_received",
         E::Problem { .. } => "problem",
     }
 }

@@ -732,7 +732,7 @@ impl Engine {
         let Ok(payload) = Payload::decode(&plaintext) else {
             return Ok(None);
         };
-        let text = matches!(payload, Payload::Text { .. });
+        let text = matches!(payload, Payload::Text { .. } | Payload::GroupMessage { .. });
         let taken = self.take_opened(&peer, &contact, &opened, payload, now_ms)?;
         Ok((taken && text).then_some((peer, id)))
     }
@@ -860,10 +860,12 @@ impl Engine {
         seq: Option<u64>,
         now_ms: u64,
     ) -> Result<()> {
+        // Texts and group messages wait for the recipient's end-to-end acknowledgement.
         let text = self
             .outbox
             .get(&id)
-            .is_some_and(|e| matches!(e.payload, OutboxPayload::Text { .. }));
+            .is_some_and(|e| matches!(e.payload, OutboxPayload::Text { .. }))
+            || self.is_group_entry(&id);
         if let Some(seq) = seq {
             if self.outbox.get(&id).is_some() {
                 let held = self.relay.deposited.entry(id).or_default();
@@ -949,6 +951,15 @@ impl Engine {
         let mut ops = Vec::new();
         let mut peers = BTreeSet::new();
         for id in ids {
+            if self.is_group_entry_for(id, phone) {
+                if let Some(e) = self.outbox.remove(id) {
+                    ops.push(Op::RemoveOutbox(*id));
+                    peers.insert(e.peer_id);
+                }
+                self.forget_deposits(id, &mut ops);
+                self.set_state(id, DeliveryState::Delivered)?;
+                continue;
+            }
             let Some(m) = self.store.message(id)? else {
                 continue;
             };
