@@ -371,3 +371,63 @@ fn a_member_who_leaves_is_dropped_everywhere_and_gets_nothing_more() {
     assert!(shows(&m, 0, g, "bye Neil") && shows(&m, 2, g, "bye Neil"));
     assert!(!shows(&m, 3, g, "bye Neil"));
 }
+
+#[test]
+fn group_messages_reach_members_who_are_away_through_their_mailboxes() {
+    let mut m = Mesh::new(&[ASHA, RAVI, MEERA]);
+    for (a, b) in [(0, 1), (0, 2), (1, 2)] {
+        m.connect(a, b);
+    }
+    m.befriend(0, 1);
+    m.befriend(0, 2);
+    let r = m.add_relay();
+    for i in 0..3 {
+        m.relay_link(i, r, true);
+    }
+    let g = group_of(&mut m, &[1, 2]);
+    // Ravi and Meera met through the group: each has a mailbox for the other.
+    let boxes = m.nodes[1].engine.store().contact_mailboxes().unwrap();
+    assert!(
+        boxes.iter().any(|b| b.phone == m.nodes[2].phone),
+        "Ravi knows Meera's mailboxes: {boxes:?}"
+    );
+    // Nobody is in direct reach any more, and Meera is offline.
+    for (a, b) in [(0, 1), (0, 2), (1, 2)] {
+        m.disconnect(a, b);
+    }
+    m.relay_link(2, r, false);
+    let id = send_group(&mut m, 1, g, "the train leaves at six");
+    assert!(shows(&m, 0, g, "the train leaves at six"), "Asha fetched hers");
+    assert!(!shows(&m, 2, g, "the train leaves at six"));
+    let states = |m: &Mesh| {
+        let id: [u8; 16] = (0..16)
+            .map(|i| u8::from_str_radix(&id[2 * i..2 * i + 2], 16).unwrap())
+            .collect::<Vec<_>>()
+            .try_into()
+            .unwrap();
+        m.nodes[1]
+            .engine
+            .store()
+            .group_message(&id)
+            .unwrap()
+            .unwrap()
+            .states
+    };
+    let meera = m.nodes[2].phone.clone();
+    let asha = m.nodes[0].phone.clone();
+    let s = states(&m);
+    assert!(s.contains(&(asha.clone(), DeliveryState::Delivered)), "{s:?}");
+    assert!(
+        s.contains(&(meera.clone(), DeliveryState::Relayed { relays: 1 })),
+        "{s:?}"
+    );
+
+    m.relay_link(2, r, true);
+    assert!(shows(&m, 2, g, "the train leaves at six"), "Meera fetched hers");
+    let s = states(&m);
+    assert!(s.contains(&(meera, DeliveryState::Delivered)), "{s:?}");
+    assert_eq!(
+        group_history(&m, 1, g).last().unwrap().state,
+        DeliveryState::Delivered
+    );
+}
