@@ -10,7 +10,7 @@ use instaconnect_core::book::{
 };
 use instaconnect_core::export::{role_str, GroupOut};
 use instaconnect_core::phone::{Phone, Region};
-use instaconnect_store::SledStore;
+use instaconnect_store::{SledStore, Store};
 use instaconnect_wire::proto::AttachmentKind;
 use instaconnect_wire::records::{GroupId, GroupRecord, Role};
 use serde_json::json;
@@ -1296,13 +1296,11 @@ fn groups(ctx: &Ctx, out: &mut Out, cmd: GroupsCmd) -> Result<(), Failure> {
     let now = now_ms();
     let g = match cmd {
         GroupsCmd::Create { name, members } => {
-            crate::groups::check_linked(ctx, &book, &members)?;
             let g = book.create_group(&name, &members, r, new_group_id(), now)?;
             crate::groups::sync(ctx, out, &store, &g)?;
             g
         }
         GroupsCmd::Add { group, members } => {
-            crate::groups::check_linked(ctx, &book, &members)?;
             let g = book.add_members(&group, &members, r, now)?;
             crate::groups::sync(ctx, out, &store, &g)?;
             g
@@ -1338,7 +1336,10 @@ fn groups(ctx: &Ctx, out: &mut Out, cmd: GroupsCmd) -> Result<(), Failure> {
         GroupsCmd::List => {
             let list = book.groups()?;
             if ctx.json {
-                let v: Vec<GroupOut> = list.iter().map(GroupOut::from).collect();
+                let v = list
+                    .iter()
+                    .map(|g| Ok(GroupOut::with_sync(g, store.group_sync(&g.id)?.as_ref())))
+                    .collect::<Result<Vec<GroupOut>, Failure>>()?;
                 out.json(&v)?;
             } else if list.is_empty() {
                 out.line("no groups yet");
@@ -1370,10 +1371,7 @@ fn print_group(
     g: &GroupRecord,
 ) -> Result<(), Failure> {
     if ctx.json {
-        let mut v = serde_json::to_value(GroupOut::from(g)).context("cannot encode the group")?;
-        v["status"] = json!(crate::groups::status(store, g));
-        v["joined"] = json!(crate::groups::joined(store, g));
-        out.json(&v)?;
+        out.json(&GroupOut::with_sync(g, store.group_sync(&g.id)?.as_ref()))?;
         return Ok(());
     }
     let me = book.account()?.phone;

@@ -14,22 +14,6 @@ use crate::messaging::engine_command;
 use crate::output::{time, Out};
 use crate::{usage, Failure};
 
-/// Every member named must be a contact linked to a device: the invitation travels over that
-/// link.
-pub fn check_linked(ctx: &Ctx<'_>, book: &Book<'_>, members: &[String]) -> Result<(), Failure> {
-    for q in members {
-        let c = book.resolve_contact(q, ctx.region.as_ref())?;
-        if c.peer_id.is_none() || c.card.is_none() {
-            return Err(usage(anyhow!(
-                "{} is not linked to a device yet, so it cannot be invited (link it first: `instaconnect contacts add {} --peer PEERID` or an invite)",
-                c.phone,
-                c.phone
-            )));
-        }
-    }
-    Ok(())
-}
-
 /// Sends the group's new state to its members after the address book changed it.
 pub fn sync(
     ctx: &Ctx<'_>,

@@ -105,6 +105,7 @@ fn a_group_of_five_nodes_reaches_everyone_and_a_removed_member_gets_nothing_more
         wait_until("everyone joined", WAIT, || {
             let v = x.home.json(&["groups", "show", &group]);
             let joined = v["joined"].as_array().map_or(0, |a| a.len());
+            assert_eq!(v["status"], "member");
             if joined == 5 && v["members"].as_array().map_or(0, |a| a.len()) == 5 {
                 Ok(())
             } else {

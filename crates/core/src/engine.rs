@@ -1272,6 +1272,7 @@ impl Engine {
             phone: phone.clone(),
         });
         self.mailboxes_for(&phone, true, now_ms)?;
+        self.tell_linked_member(&phone, now_ms)?;
         self.command(
             now_ms,
             Command::RequestProfile {

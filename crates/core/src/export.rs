@@ -5,7 +5,7 @@
 //! The format is documented field by field in README.md ("Export format").
 
 use base64::Engine as _;
-use instaconnect_wire::records::{GroupRecord, Role};
+use instaconnect_wire::records::{GroupRecord, GroupSyncRecord, Role};
 use serde::Serialize;
 
 use crate::book::{visibility_str, Book, Result, PRIVACY_FIELDS};
@@ -94,6 +94,29 @@ pub struct GroupOut {
     pub members: Vec<MemberOut>,
     pub created_at_ms: u64,
     pub updated_at_ms: u64,
+    /// "member", "invited" (not answered yet) or "left" (left or removed).
+    pub status: &'static str,
+    /// The version of the membership held (0: never sent to the members).
+    pub version: u64,
+    /// Members known to have joined (the others are invited).
+    pub joined: Vec<String>,
+}
+
+impl GroupOut {
+    /// The group with what the device knows of it over the network.
+    pub fn with_sync(g: &GroupRecord, sync: Option<&GroupSyncRecord>) -> GroupOut {
+        let mut out = GroupOut::from(g);
+        if let Some(s) = sync {
+            out.version = s.state.version;
+            if s.state.version > 0 {
+                out.joined = s.state.joined.clone();
+            }
+            if s.invited_by.is_some() && !g.left {
+                out.status = "invited";
+            }
+        }
+        out
+    }
 }
 
 #[derive(Serialize)]
@@ -125,6 +148,9 @@ impl From<&GroupRecord> for GroupOut {
                 .collect(),
             created_at_ms: g.created_at_ms,
             updated_at_ms: g.updated_at_ms,
+            status: if g.left { "left" } else { "member" },
+            version: 0,
+            joined: g.members.iter().map(|m| m.phone.clone()).collect(),
         }
     }
 }
@@ -197,7 +223,11 @@ pub fn export(book: &Book<'_>, include_keys: bool, now_ms: u64) -> Result<Export
                 since_ms: b.since_ms,
             })
             .collect(),
-        groups: store.groups()?.iter().map(GroupOut::from).collect(),
+        groups: store
+            .groups()?
+            .iter()
+            .map(|g| Ok(GroupOut::with_sync(g, store.group_sync(&g.id)?.as_ref())))
+            .collect::<Result<Vec<_>>>()?,
         messages: Vec::new(),
     })
 }

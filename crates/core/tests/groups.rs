@@ -397,7 +397,10 @@ fn group_messages_reach_members_who_are_away_through_their_mailboxes() {
     }
     m.relay_link(2, r, false);
     let id = send_group(&mut m, 1, g, "the train leaves at six");
-    assert!(shows(&m, 0, g, "the train leaves at six"), "Asha fetched hers");
+    assert!(
+        shows(&m, 0, g, "the train leaves at six"),
+        "Asha fetched hers"
+    );
     assert!(!shows(&m, 2, g, "the train leaves at six"));
     let states = |m: &Mesh| {
         let id: [u8; 16] = (0..16)
@@ -416,18 +419,88 @@ fn group_messages_reach_members_who_are_away_through_their_mailboxes() {
     let meera = m.nodes[2].phone.clone();
     let asha = m.nodes[0].phone.clone();
     let s = states(&m);
-    assert!(s.contains(&(asha.clone(), DeliveryState::Delivered)), "{s:?}");
+    assert!(
+        s.contains(&(asha.clone(), DeliveryState::Delivered)),
+        "{s:?}"
+    );
     assert!(
         s.contains(&(meera.clone(), DeliveryState::Relayed { relays: 1 })),
         "{s:?}"
     );
 
     m.relay_link(2, r, true);
-    assert!(shows(&m, 2, g, "the train leaves at six"), "Meera fetched hers");
+    assert!(
+        shows(&m, 2, g, "the train leaves at six"),
+        "Meera fetched hers"
+    );
     let s = states(&m);
     assert!(s.contains(&(meera, DeliveryState::Delivered)), "{s:?}");
     assert_eq!(
         group_history(&m, 1, g).last().unwrap().state,
         DeliveryState::Delivered
     );
+}
+
+#[test]
+fn a_member_linked_after_the_group_was_made_is_invited_then() {
+    // Meera is in Asha's address book but her device is not linked yet.
+    let mut m = Mesh::new(&[ASHA, RAVI, MEERA]);
+    for (a, b) in [(0, 1), (0, 2), (1, 2)] {
+        m.connect(a, b);
+    }
+    m.befriend(0, 1);
+    let meera = m.nodes[2].phone.clone();
+    m.book(0)
+        .add_contact(
+            &instaconnect_core::phone::Phone::parse(&meera, None).unwrap(),
+            Some("Meera"),
+            3,
+        )
+        .unwrap();
+    let list = phones(&m, &[1, 2]);
+    let g = m
+        .book(0)
+        .create_group("Later", &list, None, GroupId([3; 16]), 5)
+        .unwrap()
+        .id;
+    let note = m.command(0, Command::GroupChanged { group: g });
+    assert!(
+        note.unwrap().contains(&meera),
+        "the admin is told who was not reached"
+    );
+    assert!(!m.nodes[2]
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::GroupInvite { .. })));
+    // Linking her device now brings the invitation.
+    let idm = m.id(2);
+    m.command(
+        0,
+        Command::RequestContact {
+            phone: meera,
+            peer: idm,
+        },
+    );
+    let ida = m.id(0);
+    m.command(2, Command::AcceptContact { peer: ida });
+    assert!(m.nodes[2]
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::GroupInvite { name, .. } if name == "Later")));
+    m.command(
+        1,
+        Command::AnswerGroup {
+            group: g,
+            accept: true,
+        },
+    );
+    m.command(
+        2,
+        Command::AnswerGroup {
+            group: g,
+            accept: true,
+        },
+    );
+    send_group(&mut m, 2, g, "made it");
+    assert!(shows(&m, 0, g, "made it") && shows(&m, 1, g, "made it"));
 }

@@ -272,10 +272,47 @@ impl Engine {
             Ok(None)
         } else {
             Ok(Some(format!(
-                "not linked yet, so not told: {}",
+                "not linked to a device yet: {} (invited once linked)",
                 unreachable.join(", ")
             )))
         }
+    }
+
+    /// A contact was just linked: the groups we administer that list it and could not tell it
+    /// before (it had no device) tell it now.
+    pub(super) fn tell_linked_member(&mut self, phone: &str, now_ms: u64) -> Result<()> {
+        let me = self.account.phone.clone();
+        for g in self.store.groups()? {
+            if g.left || !g.members.iter().any(|m| m.phone == phone) {
+                continue;
+            }
+            let Some(sync) = self.store.group_sync(&g.id)? else {
+                continue;
+            };
+            if sync.state.version == 0
+                || sync.invited_by.is_some()
+                || !sync.state.is_admin(&me)
+                || !sync.state.is_member(phone)
+                || sync.state.joined.iter().any(|j| j == phone)
+            {
+                continue;
+            }
+            let update = Payload::GroupUpdate {
+                state: sync.state.clone(),
+            };
+            if self.queue_to_member(phone, &update, now_ms)? {
+                let all = phones(&sync.state);
+                let cards = self.cards_of(&all, now_ms)?;
+                self.send_cards(phone, &g.id, &cards, now_ms)?;
+                // The others could not have its card before either.
+                let theirs: Vec<GroupCard> =
+                    cards.into_iter().filter(|c| c.phone == phone).collect();
+                for other in all.iter().filter(|p| **p != me && *p != phone) {
+                    self.send_cards(other, &g.id, &theirs, now_ms)?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The user accepted or declined an invitation.
