@@ -24,7 +24,7 @@ pub use sled_store::SledStore;
 use instaconnect_wire::records::{
     AccountRecord, AttachmentRecord, BlockRecord, ContactMailboxes, ContactRecord,
     ContactRequestRecord, ConversationRecord, DepositRecord, GroupId, GroupRecord, HeldMessage,
-    MessageRecord, OutboxEntry, OwnMailbox, Profile, Settings,
+    MessageRecord, OutboxEntry, OwnMailbox, Profile, Settings, UploadRecord,
 };
 use instaconnect_wire::{SecretBytes, WireError};
 
@@ -76,6 +76,10 @@ pub enum Op {
         peer: String,
         n: u64,
     },
+    /// Which chunks of an attachment we sent relays hold for its recipient.
+    PutUpload(UploadRecord),
+    /// Forgets an upload, by message id.
+    RemoveUpload([u8; 16]),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -154,6 +158,8 @@ pub trait Store: Send + Sync {
     fn attachment(&self, id: &[u8; 16]) -> Result<Option<AttachmentRecord>>;
     /// Every attachment record, ordered by message id (transfers to resume).
     fn attachments(&self) -> Result<Vec<AttachmentRecord>>;
+    /// Attachments we sent whose chunks go through relays, ordered by message id.
+    fn uploads(&self) -> Result<Vec<UploadRecord>>;
 
     /// Applies the batch atomically and durably (flushed before returning).
     fn apply(&self, ops: Vec<Op>) -> Result<()> {

@@ -4,7 +4,7 @@ use std::sync::{Mutex, MutexGuard};
 use instaconnect_wire::records::{
     AccountRecord, AttachmentRecord, BlockRecord, ContactMailboxes, ContactRecord,
     ContactRequestRecord, ConversationRecord, DepositRecord, GroupId, GroupRecord, HeldMessage,
-    MessageRecord, OutboxEntry, OwnMailbox, Profile, Settings,
+    MessageRecord, OutboxEntry, OwnMailbox, Profile, Settings, UploadRecord,
 };
 use instaconnect_wire::SecretBytes;
 
@@ -31,6 +31,7 @@ struct State {
     contact_mailboxes: BTreeMap<String, ContactMailboxes>,
     deposits: BTreeMap<([u8; 16], [u8; 32]), DepositRecord>,
     attachments: BTreeMap<[u8; 16], AttachmentRecord>,
+    uploads: BTreeMap<[u8; 16], UploadRecord>,
     /// (peer id, phone) of every contact linked to a device.
     contact_peers: std::collections::BTreeSet<(String, String)>,
 }
@@ -170,6 +171,10 @@ impl Store for MemStore {
         Ok(self.lock().attachments.values().cloned().collect())
     }
 
+    fn uploads(&self) -> Result<Vec<UploadRecord>> {
+        Ok(self.lock().uploads.values().cloned().collect())
+    }
+
     fn flush(&self) -> Result<()> {
         Ok(())
     }
@@ -270,6 +275,12 @@ impl Store for MemStore {
                 }
                 Op::RemoveAttachment(id) => {
                     next.attachments.remove(&id);
+                }
+                Op::PutUpload(u) => {
+                    next.uploads.insert(u.id, u);
+                }
+                Op::RemoveUpload(id) => {
+                    next.uploads.remove(&id);
                 }
             }
         }

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use instaconnect_wire::records::{
     AccountRecord, AttachmentRecord, BlockRecord, ContactMailboxes, ContactRecord,
     ContactRequestRecord, ConversationRecord, DepositRecord, GroupId, GroupRecord, HeldMessage,
-    MessageRecord, OutboxEntry, OutboxPayload, OwnMailbox, Profile, Settings,
+    MessageRecord, OutboxEntry, OutboxPayload, OwnMailbox, Profile, Settings, UploadRecord,
 };
 use instaconnect_wire::{decode, encode, SecretBytes, SCHEMA_VERSION};
 use serde::de::DeserializeOwned;
@@ -39,6 +39,8 @@ const PREFIX_CONTACT_MAILBOXES: &[u8] = b"cmb/";
 const PREFIX_DEPOSIT: &[u8] = b"deposit/";
 /// `att/<message id>`: a message's attachment (manifest and which chunks are stored).
 const PREFIX_ATTACHMENT: &[u8] = b"att/";
+/// `upload/<message id>`: which chunks of an attachment we sent relays hold for its recipient.
+const PREFIX_UPLOAD: &[u8] = b"upload/";
 /// `cpeer/<peer id>/<phone>` -> empty: which contacts are linked to a device.
 const PREFIX_CONTACT_PEER: &[u8] = b"cpeer/";
 
@@ -310,6 +312,10 @@ impl Store for SledStore {
         self.scan(PREFIX_ATTACHMENT)
     }
 
+    fn uploads(&self) -> Result<Vec<UploadRecord>> {
+        self.scan(PREFIX_UPLOAD)
+    }
+
     fn flush(&self) -> Result<()> {
         self.db.flush()?;
         Ok(())
@@ -402,6 +408,8 @@ impl Store for SledStore {
                 Op::RemoveDeposit(id, mailbox) => batch.remove(deposit_key(id, mailbox)),
                 Op::PutAttachment(a) => batch.insert(key(PREFIX_ATTACHMENT, &a.id), enc(a)?),
                 Op::RemoveAttachment(id) => batch.remove(key(PREFIX_ATTACHMENT, id)),
+                Op::PutUpload(u) => batch.insert(key(PREFIX_UPLOAD, &u.id), enc(u)?),
+                Op::RemoveUpload(id) => batch.remove(key(PREFIX_UPLOAD, id)),
             }
         }
         self.db.stage(batch)?;

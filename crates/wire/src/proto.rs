@@ -141,7 +141,19 @@ pub enum Payload {
     },
     /// A location in the 1:1 conversation, numbered with the texts (`n`).
     Location { location: Location, n: u64 },
+    /// The recipient of attachment `id` tells its sender which chunks it holds (bit `i % 8` of
+    /// byte `i / 8` for chunk `i`, at most [`MAX_HAVE_BYTES`]): all of them once the file is
+    /// complete, so the sender stops putting chunks in relays; otherwise the sender leaves the
+    /// missing ones in the recipient's mailboxes again (PROTOCOL.md §1.9).
+    AttachmentHave {
+        id: MsgId,
+        #[serde(with = "crate::secret::serde_bytes_compat")]
+        have: Vec<u8>,
+    },
 }
+
+/// Largest chunk bitmap of a [`Payload::AttachmentHave`] (one bit per chunk).
+pub const MAX_HAVE_BYTES: usize = MAX_MANIFEST_CHUNKS / 8;
 
 /// Most chunks one attachment has (each listed by hash in its manifest).
 pub const MAX_MANIFEST_CHUNKS: usize = 1024;
@@ -410,6 +422,13 @@ impl Payload {
             Payload::Location { location, .. } if !location.is_valid() => {
                 Err(ProtoError::Invalid("location off the globe"))
             }
+            Payload::AttachmentHave { have, .. } if have.len() > MAX_HAVE_BYTES => {
+                Err(ProtoError::TooLarge {
+                    what: "chunk bitmap",
+                    len: have.len(),
+                    max: MAX_HAVE_BYTES,
+                })
+            }
             _ => Ok(p),
         }
     }
@@ -519,6 +538,23 @@ mod tests {
             "the largest manifest fits one message: {} bytes",
             biggest.len()
         );
+    }
+
+    #[test]
+    fn chunk_bitmaps_roundtrip_within_their_bound() {
+        let p = Payload::AttachmentHave {
+            id: [5; 16],
+            have: vec![0xff; MAX_HAVE_BYTES],
+        };
+        assert_eq!(Payload::decode(&p.encode().unwrap()).unwrap(), p);
+        let big = Payload::AttachmentHave {
+            id: [5; 16],
+            have: vec![0xff; MAX_HAVE_BYTES + 1],
+        };
+        assert!(matches!(
+            Payload::decode(&big.encode().unwrap()),
+            Err(ProtoError::TooLarge { .. })
+        ));
     }
 
     #[test]
