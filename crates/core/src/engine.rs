@@ -263,12 +263,13 @@ pub enum Event {
         relay: String,
         up: bool,
     },
-    /// More chunks of an incoming attachment are stored.
+    /// More chunks of an incoming attachment are stored (of `total`; `size` bytes in all).
     AttachmentProgress {
         from: String,
         id: String,
         stored: u32,
         total: u32,
+        size: u64,
     },
     /// An incoming attachment is complete and checked.
     AttachmentReceived {
@@ -288,6 +289,7 @@ pub enum Event {
         id: String,
         sent: u32,
         total: u32,
+        size: u64,
         relayed: bool,
     },
     /// The recipient of an attachment we sent has all of it.

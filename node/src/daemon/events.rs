@@ -51,6 +51,9 @@ fn engine_kind(e: &instaconnect_core::engine::Event) -> &'static str {
         E::AttachmentProgress { .. } => "attachment_progress",
         E::AttachmentReceived { .. } => "attachment_received",
         E::Problem { .. } => "problem",
+        E::AttachmentSendProgress { .. } => "attachment_send_progress",
+        E::AttachmentDelivered { .. } => "attachment_delivered",
+        E::AttachmentRefused { .. } => "attachment_refused",
     }
 }
 

@@ -499,6 +499,7 @@ impl Engine {
             id: hex(&id),
             stored: stored as u32,
             total: total as u32,
+            size: record.manifest.size,
         });
         if let Some(t) = self.transfers.incoming.get_mut(&id) {
             t.record = Some(record.clone());
@@ -639,6 +640,7 @@ impl Engine {
             id: hex(&id),
             stored: stored as u32,
             total: total as u32,
+            size: record.manifest.size,
         });
         if let Some(t) = self.transfers.incoming.get_mut(&id) {
             t.record = Some(record.clone());
@@ -751,6 +753,7 @@ impl Engine {
                     id: hex(&id),
                     sent,
                     total: layout.count,
+                    size: layout.size,
                     relayed: false,
                 });
             }

@@ -59,8 +59,9 @@ pub(super) struct Upload {
     rec: UploadRecord,
     /// The recipient's device.
     peer: String,
-    /// Chunks in all.
+    /// Chunks in all, and bytes.
     count: u32,
+    size: u64,
     /// Chunks in deposit requests not answered yet.
     inflight: BTreeSet<u32>,
     /// Failed tries in a row (rotates the mailbox each chunk goes to, and backs off).
@@ -102,6 +103,7 @@ impl Uploads {
                     rec,
                     peer,
                     count: att.manifest.chunks.len() as u32,
+                    size: att.manifest.size,
                     inflight: BTreeSet::new(),
                     attempts: 0,
                     next_attempt_ms: 0,
@@ -194,6 +196,7 @@ impl Engine {
                 rec,
                 peer: peer.to_string(),
                 count: layout.count,
+                size: layout.size,
                 inflight: BTreeSet::new(),
                 attempts: 0,
                 next_attempt_ms: now_ms,
@@ -383,7 +386,7 @@ impl Engine {
             u.attempts = 0;
             u.warned = false;
         }
-        let (rec, sent, total) = (u.rec.clone(), u.rec.count() as u32, u.count);
+        let (rec, sent, total, size) = (u.rec.clone(), u.rec.count() as u32, u.count, u.size);
         if let Some(to) = warn {
             self.problem(format!(
                 "relay {relay} is full for {to}: the rest of an attachment goes there later"
@@ -396,6 +399,7 @@ impl Engine {
                 id: hex(&id),
                 sent,
                 total,
+                size,
                 relayed: true,
             });
         }
