@@ -661,17 +661,20 @@ impl Engine {
     /// attachment from it that came (partly) through relays and is still incomplete, so it
     /// leaves the missing ones again.
     pub(super) fn report_relayed_chunks(&mut self, phone: &str, now_ms: u64) -> Result<()> {
-        let ids: Vec<([u8; 16], String)> = self
+        let Some(peer) = self.store.contact(phone)?.and_then(|c| c.peer_id) else {
+            return Ok(());
+        };
+        let ids: Vec<[u8; 16]> = self
             .transfers
             .incoming
             .iter_mut()
-            .filter(|(_, t)| t.relay_seen)
+            .filter(|(_, t)| t.relay_seen && t.peer == peer)
             .map(|(id, t)| {
                 t.relay_seen = false;
-                (*id, t.peer.clone())
+                *id
             })
             .collect();
-        for (id, peer) in ids {
+        for id in ids {
             let Some(record) = self.transfer_record(&id)? else {
                 continue;
             };
