@@ -583,11 +583,11 @@ impl Engine {
         };
         // Only for an attachment of this sender that is still arriving (a chunk of one that is
         // complete, unknown or refused is dropped).
-        if !self
+        if self
             .transfers
             .incoming
             .get(&id)
-            .is_some_and(|t| t.peer == peer)
+            .is_none_or(|t| t.peer != peer)
         {
             return Ok(());
         }

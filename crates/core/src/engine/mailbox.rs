@@ -634,9 +634,9 @@ impl Engine {
                             .ok()
                             .filter(|key| key.peer_id() == relay)
                             .and_then(|key| check_batch_receipt(receipt, &key, &sent).ok()),
-                        refused.iter().map(|r| r.why.clone()).collect(),
+                        refused.iter().map(|r| r.why).collect(),
                     ),
-                    Some(MailboxResponse::Refused(why)) => (None, vec![why.clone()]),
+                    Some(MailboxResponse::Refused(why)) => (None, vec![*why]),
                     _ => (None, Vec::new()),
                 };
                 let seqs = seqs.unwrap_or_else(|| vec![None; items.len()]);

@@ -54,6 +54,10 @@ impl Default for AttachmentLimits {
     }
 }
 
+/// A deposit request of chunks being put together: the envelopes, and each one's chunk index
+/// and envelope hash.
+type ChunkBatch = (Vec<DepositItem>, Vec<(u32, [u8; 32])>);
+
 /// An attachment whose chunks we are leaving in relays.
 pub(super) struct Upload {
     rec: UploadRecord,
@@ -276,8 +280,7 @@ impl Engine {
         let key = AttachmentKey::from_bytes(m.key.expose())?;
         let secret = self.account.identity_secret.clone();
         // Per mailbox (in `boxes` order): batches of at most UPLOAD_BATCH envelopes.
-        let mut batches: Vec<Vec<(Vec<DepositItem>, Vec<(u32, [u8; 32])>)>> =
-            boxes.iter().map(|_| Vec::new()).collect();
+        let mut batches: Vec<Vec<ChunkBatch>> = boxes.iter().map(|_| Vec::new()).collect();
         for index in want {
             let len = layout.chunk_len(index).unwrap_or(0);
             let plain = match self.blobs.read_at(id, layout.offset(index), len) {
