@@ -532,7 +532,11 @@ impl Engine {
                 .and_then(|c| c.peer_id)
                 .unwrap_or_default();
             self.write(vec![Op::PutAttachment(record)])?;
-            self.transfers.incoming.insert(id, Transfer::new(peer));
+            // If chunks came through relays, the sender hears that none are held, and leaves
+            // them again.
+            let mut t = Transfer::new(peer);
+            t.relay_seen = true;
+            self.transfers.incoming.insert(id, t);
             return self.pump_transfer(&id);
         }
         record.complete = true;

@@ -124,7 +124,7 @@ pub(super) struct RelayState {
     /// Outbox entries whose first sending must wait for the flush of what they acknowledge.
     pub(super) durable_first: HashSet<MsgId>,
     /// Most envelopes per deposit request, if fewer than [`MAX_DEPOSIT_ITEMS`].
-    batch_limit: Option<usize>,
+    pub(super) batch_limit: Option<usize>,
 }
 
 impl RelayState {

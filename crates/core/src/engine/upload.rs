@@ -279,6 +279,11 @@ impl Engine {
         let layout = Layout::new(m.size, m.chunk_size, m.chunks.len() as u32)?;
         let key = AttachmentKey::from_bytes(m.key.expose())?;
         let secret = self.account.identity_secret.clone();
+        let per_batch = self
+            .relay
+            .batch_limit
+            .unwrap_or(UPLOAD_BATCH)
+            .min(UPLOAD_BATCH);
         // Per mailbox (in `boxes` order): batches of at most UPLOAD_BATCH envelopes.
         let mut batches: Vec<Vec<ChunkBatch>> = boxes.iter().map(|_| Vec::new()).collect();
         for index in want {
@@ -310,10 +315,7 @@ impl Engine {
             let b = &boxes[which];
             let dsecret = deposit_secret(secret.expose(), &chunk_deposit_id(id, index), &b.mailbox);
             let out = &mut batches[which];
-            if out
-                .last()
-                .is_none_or(|(items, _)| items.len() >= UPLOAD_BATCH)
-            {
+            if out.last().is_none_or(|(items, _)| items.len() >= per_batch) {
                 out.push((Vec::new(), Vec::new()));
             }
             let (items, hashes) = out.last_mut().expect("pushed above");
