@@ -104,6 +104,24 @@ fn a_photo_arrives_byte_identical_with_its_caption_and_details() {
         .filter(|e| matches!(e, Event::AttachmentProgress { total: 7, .. }))
         .count();
     assert_eq!(progress, 6, "a progress event per chunk before the last");
+    // Ravi told Asha he has it all: nothing is kept for relays.
+    assert!(delivered(&m, 0, &id));
+    assert!(m.nodes[0].engine.store().uploads().unwrap().is_empty());
+    let sent = m.nodes[0]
+        .events
+        .iter()
+        .filter(|e| {
+            matches!(
+                e,
+                Event::AttachmentSendProgress {
+                    total: 7,
+                    relayed: false,
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(sent, 7, "the sender sees each chunk go");
 }
 
 #[test]
@@ -495,4 +513,45 @@ fn a_full_mailbox_refuses_chunks_and_the_upload_resumes_after_a_restart_once_the
         asked,
         "all through the relay"
     );
+}
+
+#[test]
+fn a_direct_transfer_cut_short_goes_on_through_relays_without_the_chunks_already_there() {
+    let mut m = apart_with_relays(&[RelayConfig::default(), RelayConfig::default()]);
+    m.connect(0, 1);
+    // Ravi fetches three chunks directly, then his requests stop getting through.
+    let mut faults = VecDeque::from([Fault::Pass; 3]);
+    faults.extend([Fault::DropRequest; 2 * MAX_FAILED_PARTS as usize]);
+    m.faults.insert((1, 0), faults);
+    let photo = file(300_000);
+    let id = send_file(&mut m, 0, 1, &photo, "cut short");
+    let record = m.nodes[1].engine.store().attachment(&id).unwrap().unwrap();
+    assert_eq!((record.stored(), record.complete), (3, false));
+    assert_eq!(
+        held_in_all(&m),
+        0,
+        "nothing in relays while they are connected"
+    );
+    m.faults.clear();
+
+    // They lose each other, and Ravi is offline for a while: the rest waits in his mailboxes.
+    relays_reachable(&mut m, 1, false);
+    m.disconnect(0, 1);
+    for _ in 0..100 {
+        let up = &m.nodes[0].engine.store().uploads().unwrap();
+        if up.len() == 1 && up[0].count() == 7 {
+            break;
+        }
+        assert!(m.advance(), "something is due until the upload is done");
+    }
+    assert_eq!(
+        held_in_all(&m),
+        4,
+        "only the four chunks Ravi did not have went to the relays"
+    );
+    relays_reachable(&mut m, 1, true);
+    assert_eq!(received(&m, 1, &id, photo.len()), photo);
+    assert!(delivered(&m, 0, &id));
+    assert!(m.nodes[0].engine.store().uploads().unwrap().is_empty());
+    assert_eq!(held_in_all(&m), 0);
 }

@@ -253,6 +253,8 @@ impl Engine {
             Op::PutOutbox(entry.clone()),
         ])?;
         self.outbox.insert(order, entry);
+        // Ready to go through its relays should it be away (or go away before it has it all).
+        self.start_upload(&peer, id, false, now_ms)?;
         self.pump_outbox(Some(&peer), now_ms)?;
         Ok(hex(&id))
     }
@@ -749,6 +751,8 @@ impl Engine {
             if !served.contains_key(&id) && served.len() >= MAX_SERVED_TRACKED {
                 served.clear();
             }
+            self.served_directly(&id, index)?;
+            let served = &mut self.transfers.served_chunks;
             let chunks = served.entry(id).or_default();
             if chunks.insert(index) {
                 let sent = chunks.len() as u32;

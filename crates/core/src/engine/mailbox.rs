@@ -956,7 +956,7 @@ impl Engine {
                 self.relay.deposited.remove(&id);
                 self.outbox.remove(&id);
                 self.write(vec![Op::RemoveOutbox(id)])?;
-                self.start_upload(peer, id, now_ms)?;
+                self.start_upload(peer, id, true, now_ms)?;
             }
         } else if let Some(e) = self.retry_later(&id, now_ms) {
             self.write(vec![Op::PutOutbox(e)])?;

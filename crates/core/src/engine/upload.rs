@@ -161,9 +161,17 @@ impl Engine {
         Ok(())
     }
 
-    /// The manifest of attachment `id` (ours) is held by a relay for `peer`: its chunks follow,
-    /// if they can.
-    pub(super) fn start_upload(&mut self, peer: &str, id: [u8; 16], now_ms: u64) -> Result<()> {
+    /// Attachment `id` (ours) may have to go through `peer`'s relays: sent (`warn` false), or its
+    /// manifest is held by a relay (`warn`: tell the user if it is too large for that). Its
+    /// chunks follow into the mailboxes whenever `peer` is not connected and the manifest has
+    /// left the outbox (delivered, or held by a relay).
+    pub(super) fn start_upload(
+        &mut self,
+        peer: &str,
+        id: [u8; 16],
+        warn: bool,
+        now_ms: u64,
+    ) -> Result<()> {
         if self.uploads.map.contains_key(&id) {
             return self.pump_upload(&id, now_ms);
         }
@@ -179,6 +187,9 @@ impl Engine {
             att.manifest.chunks.len() as u32,
         )?;
         if !relayable(&layout) || att.manifest.size > self.limits.relay_max_bytes {
+            if !warn {
+                return Ok(());
+            }
             self.problem(format!(
                 "{} ({} bytes) is larger than attachments sent through relays may be ({} bytes): it goes when {} is reachable directly",
                 att.manifest.name,
@@ -227,6 +238,22 @@ impl Engine {
             .is_some_and(|p| p.view.connected)
             && self.relay.can_deposit(&u.peer)
             && u.inflight.len() < UPLOAD_WINDOW
+            // Chunks never go ahead of their manifest.
+            && self.outbox.get(&u.rec.id).is_none()
+    }
+
+    /// Chunk `index` of attachment `id` went whole to its recipient's device: not left in
+    /// relays unless the recipient says it lacks it.
+    pub(super) fn served_directly(&mut self, id: &[u8; 16], index: u32) -> Result<()> {
+        let Some(u) = self.uploads.map.get_mut(id) else {
+            return Ok(());
+        };
+        if index >= u.count || u.rec.has(index as usize) {
+            return Ok(());
+        }
+        u.rec.set(index as usize);
+        let rec = u.rec.clone();
+        self.write(vec![Op::PutUpload(rec)])
     }
 
     /// Relay links came up: what waits for a backoff goes now.
