@@ -26,7 +26,7 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
-use instaconnect_crypto::{deletion_hash, deposit_secret, MailboxKey};
+use instaconnect_crypto::{chunk_deposit_id, deletion_hash, deposit_secret, MailboxKey};
 use instaconnect_net::mailbox_client::{ClientError, MailboxClient};
 use instaconnect_store::{Store, StoreError};
 use instaconnect_wire::mailbox::{Receipt, Receipted, Refusal, MAX_PURGE_SECRETS};
@@ -212,6 +212,21 @@ fn collect(
             at(&mut work, &b.relay, &b.addrs)
                 .secrets
                 .insert(deposit_secret(identity_secret, &entry.id, &b.mailbox));
+        }
+    }
+    // Chunks of attachments left in contacts' mailboxes (each went to one of them; a secret
+    // for the others purges nothing).
+    for up in store.uploads()? {
+        let Some(boxes) = contact_boxes.iter().find(|c| c.phone == up.peer) else {
+            continue;
+        };
+        for index in (0..up.held.len() * 8).filter(|&i| up.has(i)) {
+            let chunk = chunk_deposit_id(&up.id, index as u32);
+            for b in &boxes.boxes {
+                at(&mut work, &b.relay, &b.addrs)
+                    .secrets
+                    .insert(deposit_secret(identity_secret, &chunk, &b.mailbox));
+            }
         }
     }
     for own in store.own_mailboxes()? {
@@ -526,6 +541,38 @@ mod tests {
         );
         let full = format!("/ip4/10.0.0.1/tcp/4001/p2p/{p}");
         assert_eq!(with_peer(&full, p), full);
+    }
+
+    #[test]
+    fn chunks_of_attachments_left_in_relays_are_purged_too() {
+        use instaconnect_store::{MemStore, Op};
+        use instaconnect_wire::proto::MailboxAddress;
+        use instaconnect_wire::records::{ContactMailboxes, UploadRecord};
+
+        let secret = [9u8; 32];
+        let store = MemStore::new();
+        store
+            .apply(vec![
+                Op::PutContactMailboxes(ContactMailboxes {
+                    phone: "+919812340001".into(),
+                    boxes: vec![MailboxAddress {
+                        relay: "r1".into(),
+                        addrs: vec!["/a1".into()],
+                        mailbox: [1; 32],
+                    }],
+                }),
+                // Chunks 0 and 2 are held by the relay.
+                Op::PutUpload(UploadRecord {
+                    id: [4; 16],
+                    peer: "+919812340001".into(),
+                    held: vec![0b101],
+                }),
+            ])
+            .unwrap();
+        let work = collect(&store, &secret).unwrap();
+        let chunk = |i| deposit_secret(&secret, &chunk_deposit_id(&[4; 16], i), &[1; 32]);
+        let want: BTreeSet<[u8; 32]> = [chunk(0), chunk(2)].into();
+        assert_eq!(work["r1"].secrets, want);
     }
 
     #[test]

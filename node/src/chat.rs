@@ -4,7 +4,7 @@
 //! it nothing could arrive live (`send` and `history` work without it).
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, IsTerminal, Read, Write};
 use std::sync::mpsc;
 
 use anyhow::anyhow;
@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use crate::client::{self, NodeClient};
 use crate::home::Home;
+use crate::progress::Bars;
 use crate::Failure;
 
 /// Messages of the conversation shown when the chat opens.
@@ -21,7 +22,7 @@ const QUOTE_CHARS: usize = 40;
 /// Lines and events waiting for the chat loop; the readers block when it is full.
 const QUEUE: usize = 256;
 
-enum Input {
+pub(crate) enum Input {
     Line(String),
     Eof,
     Event(String, Value),
@@ -62,7 +63,7 @@ pub fn run(home: &Home, contact: &str) -> Result<u8, Failure> {
 }
 
 /// Parses Server-Sent Events (`event:` then `data:` lines) into the chat's queue.
-fn read_events(stream: impl Read, tx: mpsc::SyncSender<Input>) {
+pub(crate) fn read_events(stream: impl Read, tx: mpsc::SyncSender<Input>) {
     let mut name = String::new();
     for line in BufReader::new(stream).lines() {
         let Ok(line) = line else { break };
@@ -86,6 +87,8 @@ struct Chat<'a> {
     contact: Contact,
     /// Our messages in this conversation: id -> text, to quote in state changes.
     mine: HashMap<String, String>,
+    /// Attachments arriving or leaving, drawn as progress bars.
+    bars: Bars,
 }
 
 fn hhmm(ms: u64) -> String {
@@ -125,6 +128,7 @@ impl<'a> Chat<'a> {
             node,
             contact,
             mine: HashMap::new(),
+            bars: Bars::new(std::io::stdout().is_terminal()),
         };
         let w = |e: std::io::Error| Failure::Failed(anyhow!("cannot write to the terminal: {e}"));
         writeln!(
@@ -178,6 +182,7 @@ impl<'a> Chat<'a> {
                     if text.is_empty() {
                         continue;
                     }
+                    self.bars.break_line(out).map_err(w)?;
                     match node_json(
                         self.node,
                         &["send", "--json", "--", &self.contact.phone, text],
@@ -207,7 +212,54 @@ impl<'a> Chat<'a> {
 
     fn event(&mut self, name: &str, d: &Value, out: &mut impl Write) -> std::io::Result<()> {
         let phone = self.contact.phone.as_str();
+        let id = d["id"].as_str().unwrap_or_default();
+        let count = |k: &str| d[k].as_u64().unwrap_or(0) as u32;
+        let size = d["size"].as_u64().unwrap_or(0);
+        let progress = matches!(name, "attachment_progress" | "attachment_send_progress");
+        let ours = d["from"] == phone || d["to"] == phone;
+        if !progress && (ours || name == "lagged" || name == "presence") {
+            self.bars.break_line(out)?;
+        }
         match name {
+            "attachment_progress" if d["from"] == phone => {
+                let (done, total) = (count("stored"), count("total"));
+                self.bars.update(out, id, "receiving", done, total, size)?;
+            }
+            "attachment_send_progress" if d["to"] == phone => {
+                let label = if d["relayed"] == true {
+                    "sending (to their relays)"
+                } else {
+                    "sending"
+                };
+                let (done, total) = (count("sent"), count("total"));
+                self.bars.update(out, id, label, done, total, size)?;
+            }
+            "attachment_received" if d["from"] == phone => {
+                self.bars.finish(id);
+                let name = d["name"].as_str().unwrap_or("attachment");
+                writeln!(
+                    out,
+                    "  received {name} ({}): `instaconnect attachments save {id}` writes it to a file",
+                    crate::messaging::human_size(size)
+                )?;
+            }
+            "attachment_delivered" if d["to"] == phone => {
+                self.bars.finish(id);
+                writeln!(out, "  [delivered] attachment {id}")?;
+            }
+            "attachment_refused" if d["from"] == phone => {
+                let name = d["name"].as_str().unwrap_or("attachment");
+                let way = if d["relayed"] == true {
+                    "through relays (it comes when you reach each other directly)"
+                } else {
+                    "on this device"
+                };
+                writeln!(
+                    out,
+                    "  {name} is {}, more than attachments may be {way}",
+                    crate::messaging::human_size(size)
+                )?;
+            }
             "message_received" if d["from"] == phone => {
                 let at = hhmm(d["sent_at_ms"].as_u64().unwrap_or_else(now_ms));
                 let text = d["text"].as_str().unwrap_or_default();

@@ -102,6 +102,10 @@ pub enum Cmd {
         /// Send any file
         #[arg(long, value_name = "FILE", group = "attachment")]
         file: Option<PathBuf>,
+        /// With an attachment: stay until the contact's device has all of it, with a progress
+        /// bar (needs the running node; Ctrl-C stops waiting, not the transfer)
+        #[arg(long, requires = "attachment")]
+        wait: bool,
     },
     /// Received photos, videos, voice messages and files
     #[command(subcommand)]
@@ -734,6 +738,7 @@ pub fn execute(cli: Cli, home: &Home, source: Source<'_>, out: &mut Out) -> Resu
             video,
             voice,
             file,
+            ..
         } => {
             let attached = [
                 (AttachmentKind::Photo, photo),

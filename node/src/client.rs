@@ -223,7 +223,9 @@ pub fn running_node_account(home: &Home) -> Result<Option<String>, Failure> {
 }
 
 /// The command line as the node gets it: `--home` (the node serves its own) is left out.
-fn forwarded_args(args: impl Iterator<Item = std::ffi::OsString>) -> Result<Vec<String>, Failure> {
+pub(crate) fn forwarded_args(
+    args: impl Iterator<Item = std::ffi::OsString>,
+) -> Result<Vec<String>, Failure> {
     let mut out = Vec::new();
     let mut args = args.peekable();
     let mut after_dashes = false;

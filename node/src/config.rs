@@ -5,6 +5,8 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
 use anyhow::anyhow;
+use instaconnect_core::engine::AttachmentLimits;
+use instaconnect_crypto::{MAX_ATTACHMENT_BYTES, MAX_RELAYED_ATTACHMENT_BYTES};
 use serde::Deserialize;
 
 use crate::cli::RunArgs;
@@ -20,6 +22,63 @@ pub struct NodeConfig {
     pub network: NetworkConfig,
     pub control: ControlConfig,
     pub log: LogConfig,
+    pub attachments: AttachmentsConfig,
+}
+
+/// How large attachments may be, sent or received.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AttachmentsConfig {
+    /// Largest attachment sent or fetched at all, in bytes (default: 4 GiB, the most the
+    /// format describes).
+    pub max_direct_bytes: u64,
+    /// Largest attachment whose chunks go or are taken through relays while the other device
+    /// cannot be reached (default and most: 60 MiB, so that each sealed chunk fits one
+    /// envelope). Larger ones wait for a direct connection.
+    pub max_relay_bytes: u64,
+}
+
+impl Default for AttachmentsConfig {
+    fn default() -> Self {
+        AttachmentsConfig {
+            max_direct_bytes: MAX_ATTACHMENT_BYTES,
+            max_relay_bytes: MAX_RELAYED_ATTACHMENT_BYTES,
+        }
+    }
+}
+
+impl AttachmentsConfig {
+    /// Checks the limits against what the format allows; the error names the key.
+    pub fn check(&self, origin: &str) -> Result<(), Failure> {
+        if self.max_direct_bytes > MAX_ATTACHMENT_BYTES {
+            return Err(usage(anyhow!(
+                "attachments.max_direct_bytes in {origin} must be at most {MAX_ATTACHMENT_BYTES} (4 GiB, the largest attachment there is); got {}",
+                self.max_direct_bytes
+            )));
+        }
+        if self.max_relay_bytes > MAX_RELAYED_ATTACHMENT_BYTES {
+            return Err(usage(anyhow!(
+                "attachments.max_relay_bytes in {origin} must be at most {MAX_RELAYED_ATTACHMENT_BYTES} (60 MiB: larger attachments have chunks too large for one relay envelope and go only directly); got {}",
+                self.max_relay_bytes
+            )));
+        }
+        if self.max_relay_bytes > self.max_direct_bytes {
+            return Err(usage(anyhow!(
+                "attachments.max_relay_bytes in {origin} ({}) must not be larger than attachments.max_direct_bytes ({})",
+                self.max_relay_bytes,
+                self.max_direct_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    /// The engine's limits.
+    pub fn limits(&self) -> AttachmentLimits {
+        AttachmentLimits {
+            direct_max_bytes: self.max_direct_bytes,
+            relay_max_bytes: self.max_relay_bytes,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -103,6 +162,7 @@ impl NodeConfig {
                 check_all(&c.network.listen, &origin("network.listen"))?;
                 check_all(&c.network.peers, &origin("network.peers"))?;
                 check_relays(&c.network.relays, &origin("network.relays"))?;
+                c.attachments.check(&path.display().to_string())?;
                 c
             }
         };
@@ -379,5 +439,38 @@ mod tests {
             NodeConfig::default(),
             "every key documented in configs/device.toml, uncommented, gives the defaults"
         );
+    }
+
+    #[test]
+    fn attachment_limits_default_to_4_gib_directly_and_60_mib_through_relays() {
+        let c = NodeConfig::default().attachments;
+        assert_eq!(c.max_direct_bytes, 4 * 1024 * 1024 * 1024);
+        assert_eq!(c.max_relay_bytes, 60 * 1024 * 1024);
+        let c = NodeConfig::from_toml(
+            "[attachments]\nmax_direct_bytes = 1000000\nmax_relay_bytes = 500000\n",
+        )
+        .unwrap()
+        .attachments;
+        assert!(c.check("f").is_ok());
+        assert_eq!(c.limits().relay_max_bytes, 500_000);
+        let text = |f: Failure| match f {
+            Failure::Usage(e) => format!("{e:#}"),
+            Failure::Failed(e) => panic!("not a usage error: {e:#}"),
+        };
+        let over = AttachmentsConfig {
+            max_relay_bytes: 61 * 1024 * 1024,
+            ..AttachmentsConfig::default()
+        };
+        assert!(text(over.check("f").unwrap_err()).contains("attachments.max_relay_bytes"));
+        let inverted = AttachmentsConfig {
+            max_direct_bytes: 10,
+            max_relay_bytes: 20,
+        };
+        assert!(text(inverted.check("f").unwrap_err()).contains("must not be larger"));
+        let huge = AttachmentsConfig {
+            max_direct_bytes: u64::MAX,
+            ..AttachmentsConfig::default()
+        };
+        assert!(text(huge.check("f").unwrap_err()).contains("attachments.max_direct_bytes"));
     }
 }

@@ -12,6 +12,7 @@ mod groups;
 mod home;
 mod messaging;
 mod output;
+mod progress;
 mod relay;
 mod sim;
 
@@ -95,6 +96,9 @@ fn main_with(cli: cli::Cli, out: &mut output::Out) -> Result<u8, Failure> {
     }
     if let cli::Cmd::Chat { contact } = &cli.cmd {
         return chat::run(&home, contact);
+    }
+    if let cli::Cmd::Send { wait: true, .. } = &cli.cmd {
+        return progress::send_and_wait(&home);
     }
     // `account delete` runs only here, with the node stopped: it wipes the node's data dir.
     if let cli::Cmd::Account(cli::AccountCmd::Delete { force, yes }) = cli.cmd {

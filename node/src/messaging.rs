@@ -448,7 +448,7 @@ fn attachment_line(store: &SledStore, id: &[u8; 16]) -> Option<String> {
     ))
 }
 
-fn human_size(n: u64) -> String {
+pub(crate) fn human_size(n: u64) -> String {
     match n {
         n if n < 1024 => format!("{n} B"),
         n if n < 1024 * 1024 => format!("{} KiB", n / 1024),

@@ -1,8 +1,16 @@
 //! Attachments between two running nodes on 127.0.0.1: a photo and a multi-chunk file sent
 //! directly arrive byte-identical, are listed in the history with their details, and are
-//! saved with `attachments save`; bad input gets a clear error.
+//! saved with `attachments save`; bad input gets a clear error. A photo sent while the
+//! recipient is offline arrives through a real relay byte-identical, with `send --wait`
+//! showing its progress until the recipient has it.
 
-use instaconnect_e2e::{png, Events, Home, Node};
+use std::io::Read;
+use std::process::Stdio;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use instaconnect_e2e::relay::RelayProcess;
+use instaconnect_e2e::{png, wait_until, Events, Home, Node, NODE_TIMEOUT};
 
 const ASHA: &str = "+919812345678";
 const RAVI: &str = "+919812340001";
@@ -238,5 +246,155 @@ fn a_100_mib_file_completes_identical_after_the_sender_is_killed_half_way() {
     assert!(
         before >= 512,
         "at least half was in before the kill: {before}"
+    );
+}
+
+fn relay_envelopes(r: &RelayProcess) -> u64 {
+    r.metrics()
+        .get("instaconnect_relay_envelopes")
+        .copied()
+        .unwrap_or(0.0) as u64
+}
+
+/// Long enough for a photo through a relay on a loaded machine.
+const RELAYED: Duration = Duration::from_secs(120);
+
+#[test]
+fn a_photo_sent_while_the_recipient_is_offline_arrives_through_a_relay_byte_identical() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let relay = RelayProcess::start(&dir.path().join("r"), &dir.path().join("r.log"), &[]);
+    let asha = Home::with_account(ASHA, "Asha");
+    let ravi = Home::with_account(RAVI, "Ravi");
+    let mut ravi_node = ravi.start_node_with(&["--relay", &relay.addr]);
+    let ravi_addr = ravi_node.wait_line("listening on ");
+    let ravi_events = ravi_node.events();
+    let asha_node = asha.start_node_with(&["--peer", &ravi_addr, "--relay", &relay.addr]);
+    let asha_events = asha_node.events();
+    asha.link(
+        &asha_events,
+        ASHA,
+        &ravi,
+        &ravi_events,
+        RAVI,
+        &ravi_node.peer_id,
+        "Ravi",
+    );
+    // Each knows the mailbox the other opened for it on the relay.
+    for (home, contact) in [(&asha, "Ravi"), (&ravi, ASHA)] {
+        wait_until("the contact's mailbox on the relay", NODE_TIMEOUT, || {
+            let relays = home.json(&["contacts", "show", contact])["relays"].clone();
+            if relays == serde_json::json!([relay.peer_id]) {
+                Ok(())
+            } else {
+                Err(relays)
+            }
+        });
+    }
+    // Ravi goes offline.
+    let stopped = ravi_node.signal("TERM");
+    assert!(stopped.status.success(), "{}", stopped.log);
+    wait_until("Asha to see Ravi gone", NODE_TIMEOUT, || {
+        let nearby = asha.json(&["nearby"]);
+        let connected = nearby
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|p| p["connected"] == true);
+        if connected {
+            Err(nearby)
+        } else {
+            Ok(())
+        }
+    });
+
+    // A photo of several chunks, sent with --wait: the CLI stays until Ravi has all of it.
+    let photo = png(640, 480);
+    assert!(
+        photo.len() > 3 * 48 * 1024,
+        "several chunks: {}",
+        photo.len()
+    );
+    let path = asha.file("sunset.png");
+    std::fs::write(&path, &photo).unwrap();
+    let mut waiting = asha
+        .cmd()
+        .args([
+            "send",
+            "Ravi",
+            "--photo",
+            path.to_str().unwrap(),
+            "--wait",
+            "sunset",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn send --wait");
+    let (mut out, mut err) = (
+        waiting.stdout.take().unwrap(),
+        waiting.stderr.take().unwrap(),
+    );
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let (mut o, mut e) = (String::new(), String::new());
+        let _ = out.read_to_string(&mut o);
+        let _ = err.read_to_string(&mut e);
+        let _ = tx.send((waiting.wait().expect("send --wait exits"), o, e));
+    });
+
+    // Every chunk is left in Ravi's mailbox on the relay, after the manifest.
+    let done = asha_events.wait("attachment_send_progress", |d| {
+        d["relayed"] == true && d["sent"] == d["total"]
+    });
+    let chunks = done["total"].as_u64().unwrap();
+    assert!(chunks >= 3, "{done}");
+    wait_until(
+        "the relay to hold the manifest and every chunk",
+        RELAYED,
+        || match relay_envelopes(&relay) {
+            n if n == 1 + chunks => Ok(()),
+            n => Err(n),
+        },
+    );
+    let id = done["id"].as_str().unwrap().to_string();
+
+    // Ravi comes back at a new address that Asha does not know: only the relay links them.
+    let ravi_node = ravi.start_node_with(&["--relay", &relay.addr]);
+    let a = wait_until("Ravi to have the whole photo", RELAYED, || {
+        let history = output(&ravi_node.command(&["history", "--json", "Asha"]));
+        let a = history[0]["attachment"].clone();
+        if a["complete"] == true {
+            Ok(a)
+        } else {
+            Err(history)
+        }
+    });
+    assert_eq!(a["name"], "sunset.png");
+    assert_eq!(a["kind"], "photo");
+    assert!(
+        save(&ravi, &ravi_node, &id, "got.png") == photo,
+        "the photo is byte-identical"
+    );
+
+    // Ravi told Asha he has it all: `send --wait` ends, having shown the progress.
+    let (status, stdout, stderr) = rx.recv_timeout(RELAYED).expect("send --wait ended");
+    assert!(status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains(&id), "{stdout}");
+    assert!(
+        stderr.contains("] 100% "),
+        "a progress bar to the end: {stderr}"
+    );
+    assert!(stderr.contains("delivered"), "{stderr}");
+    assert!(
+        !stderr.contains('\r'),
+        "no redrawing off a terminal: {stderr:?}"
+    );
+    wait_until(
+        "the relay to hold nothing",
+        RELAYED,
+        || match relay_envelopes(&relay) {
+            0 => Ok(()),
+            n => Err(n),
+        },
     );
 }

@@ -22,10 +22,12 @@
 mod attachment;
 mod group;
 mod mailbox;
+mod upload;
 
 pub use attachment::{
     seal_attachment, AttachmentMeta, CHUNK_WINDOW, MAX_BAD_CHUNKS, MAX_FAILED_PARTS,
 };
+pub use upload::{AttachmentLimits, UPLOAD_BATCH, UPLOAD_WINDOW};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -273,12 +275,13 @@ pub enum Event {
         relay: String,
         up: bool,
     },
-    /// More chunks of an incoming attachment are stored.
+    /// More chunks of an incoming attachment are stored (of `total`; `size` bytes in all).
     AttachmentProgress {
         from: String,
         id: String,
         stored: u32,
         total: u32,
+        size: u64,
     },
     /// An incoming attachment is complete and checked.
     AttachmentReceived {
@@ -312,6 +315,31 @@ pub enum Event {
     /// Something failed that the user should know of (never a message's content).
     Problem {
         message: String,
+    },
+    /// More chunks of an attachment we sent reached its recipient's device (`relayed`:
+    /// false) or its recipient's relay mailboxes (`relayed`: true).
+    AttachmentSendProgress {
+        to: String,
+        id: String,
+        sent: u32,
+        total: u32,
+        size: u64,
+        relayed: bool,
+    },
+    /// The recipient of an attachment we sent has all of it.
+    AttachmentDelivered {
+        to: String,
+        id: String,
+    },
+    /// An incoming attachment is larger than this device takes (directly, or through relays
+    /// when `relayed`): its bytes are not fetched that way.
+    AttachmentRefused {
+        from: String,
+        id: String,
+        name: String,
+        size: u64,
+        limit: u64,
+        relayed: bool,
     },
 }
 
@@ -366,6 +394,8 @@ pub enum EngineError {
     Store(#[from] StoreError),
     #[error("encoding failed: {0}")]
     Wire(#[from] instaconnect_wire::WireError),
+    #[error("the attachment is {size} bytes, more than this device's limit of {limit} bytes")]
+    AttachmentTooLarge { size: u64, limit: u64 },
 }
 
 pub type Result<T> = std::result::Result<T, EngineError>;
@@ -572,6 +602,10 @@ pub struct Engine {
     transfers: attachment::Transfers,
     /// Our group messages on their way to members.
     fanout: group::Fanout,
+    /// Attachments whose chunks we leave in relays for their recipients.
+    uploads: upload::Uploads,
+    /// The largest attachments sent or taken, directly and through relays.
+    limits: AttachmentLimits,
 }
 
 fn earliest(a: Option<u64>, b: Option<u64>) -> Option<u64> {
@@ -604,6 +638,7 @@ impl Engine {
         let relay = mailbox::RelayState::load(store.as_ref())?;
         let transfers = attachment::Transfers::load(store.as_ref())?;
         let fanout = group::Fanout::load(store.as_ref())?;
+        let uploads = upload::Uploads::load(store.as_ref())?;
         let mut held = HeldTexts::default();
         for h in store.held()? {
             held.by_conversation
@@ -639,6 +674,8 @@ impl Engine {
             blobs: Arc::new(MemBlobs::new()),
             transfers,
             fanout,
+            uploads,
+            limits: AttachmentLimits::default(),
         })
     }
 
@@ -807,13 +844,16 @@ impl Engine {
         for phone in self.held.by_conversation.keys() {
             next = earliest(next, self.held.since(phone).map(|s| s + GAP_TIMEOUT_MS));
         }
-        next
+        earliest(next, self.upload_timeout())
     }
 
     /// Retries envelopes whose backoff has passed and shows texts whose gap timed out.
     pub fn handle_timeout(&mut self, now_ms: u64) {
         if let Err(e) = self.pump_outbox(None, now_ms) {
             self.problem(format!("outbox: {e}"));
+        }
+        if let Err(e) = self.pump_uploads(now_ms) {
+            self.problem(format!("attachments through relays: {e}"));
         }
         let expired: Vec<String> = self
             .held
@@ -2103,6 +2143,14 @@ impl Engine {
                     contact.phone
                 ));
             }
+            Payload::AttachmentHave {
+                id: attachment,
+                have,
+            } => {
+                ops.push(Op::MarkSeen(id));
+                self.write(ops)?;
+                self.take_have(&contact.phone, attachment, &have, now_ms)?;
+            }
         }
         Ok(true)
     }
@@ -2256,7 +2304,7 @@ impl Engine {
                     Some(Response::NotNow) => attachment::ChunkAnswer::Refused,
                     _ => attachment::ChunkAnswer::Failed,
                 };
-                self.on_chunk_part(id, index, offset, answer)?
+                self.on_chunk_part(id, index, offset, answer, now_ms)?
             }
             (Pending::ContactRequest, _) | (Pending::Ephemeral, _) | (Pending::Profile, _) => {}
         }
@@ -2270,7 +2318,7 @@ impl Engine {
         match what {
             Pending::Items { ids } => self.settle(peer, ids, &HashSet::new(), now_ms)?,
             Pending::Chunk { id, index, offset } => {
-                self.on_chunk_part(id, index, offset, attachment::ChunkAnswer::Failed)?
+                self.on_chunk_part(id, index, offset, attachment::ChunkAnswer::Failed, now_ms)?
             }
             _ => {}
         }

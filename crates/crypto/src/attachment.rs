@@ -43,6 +43,21 @@ pub const CHUNK_TAG_BYTES: usize = 16;
 /// Domain separation of the associated data.
 const CHUNK_AAD_DOMAIN: &[u8] = b"instaconnect attachment chunk v1";
 
+/// Bytes a relayed chunk's envelope payload adds before the sealed chunk (its index).
+pub const RELAY_CHUNK_HEADER_BYTES: usize = 4;
+/// Largest chunk size whose sealed chunks travel through relays, one per envelope: the largest
+/// multiple of 4 KiB whose sealed chunk and index fit [`crate::MAX_ENVELOPE_PAYLOAD`] (60 KiB).
+pub const MAX_RELAYED_CHUNK_BYTES: u32 =
+    ((crate::envelope::MAX_ENVELOPE_PAYLOAD - CHUNK_TAG_BYTES - RELAY_CHUNK_HEADER_BYTES) as u32
+        / CHUNK_ALIGN)
+        * CHUNK_ALIGN;
+/// Largest attachment whose chunks can travel through relays (1,024 chunks of
+/// [`MAX_RELAYED_CHUNK_BYTES`]: 60 MiB). Larger ones go only directly.
+pub const MAX_RELAYED_ATTACHMENT_BYTES: u64 =
+    MAX_ATTACHMENT_CHUNKS as u64 * MAX_RELAYED_CHUNK_BYTES as u64;
+/// Domain of the ids under which relayed chunks are deposited.
+const CHUNK_DEPOSIT_CONTEXT: &str = "instaconnect attachment chunk deposit id v1";
+
 /// Chunk sizes are multiples of this, so a layout never depends on odd divisions.
 const CHUNK_ALIGN: u32 = 4096;
 
@@ -169,6 +184,42 @@ fn cipher(key: &AttachmentKey) -> ChaCha20Poly1305 {
 /// The address of a sealed chunk: the BLAKE3 hash of its bytes.
 pub fn chunk_hash(sealed: &[u8]) -> [u8; 32] {
     *blake3::hash(sealed).as_bytes()
+}
+
+/// The payload of a [`crate::PayloadKind::Chunk`] envelope: chunk `index` (u32 BE) followed by
+/// the sealed chunk.
+pub fn relay_chunk_payload(index: u32, sealed: &[u8]) -> Vec<u8> {
+    let mut p = Vec::with_capacity(RELAY_CHUNK_HEADER_BYTES + sealed.len());
+    p.extend_from_slice(&index.to_be_bytes());
+    p.extend_from_slice(sealed);
+    p
+}
+
+/// Splits a [`crate::PayloadKind::Chunk`] envelope's payload into the chunk index and the sealed
+/// chunk (which the caller checks against the manifest's hash).
+pub fn parse_relay_chunk(payload: &[u8]) -> Result<(u32, &[u8]), CryptoError> {
+    if payload.len() < RELAY_CHUNK_HEADER_BYTES + CHUNK_TAG_BYTES {
+        return Err(CryptoError::Encoding("relayed attachment chunk"));
+    }
+    let (index, sealed) = payload.split_at(RELAY_CHUNK_HEADER_BYTES);
+    let index = u32::from_be_bytes(index.try_into().expect("split at 4"));
+    Ok((index, sealed))
+}
+
+/// The id under which chunk `index` of attachment `id` is deposited (and its deletion secret
+/// derived), distinct for every chunk and from every message id.
+pub fn chunk_deposit_id(id: &[u8; 16], index: u32) -> [u8; 16] {
+    let mut h = blake3::Hasher::new_derive_key(CHUNK_DEPOSIT_CONTEXT);
+    h.update(id);
+    h.update(&index.to_be_bytes());
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&h.finalize().as_bytes()[..16]);
+    out
+}
+
+/// Whether the sealed chunks of an attachment laid out as `layout` fit one relay envelope each.
+pub fn relayable(layout: &Layout) -> bool {
+    layout.chunk_size <= MAX_RELAYED_CHUNK_BYTES
 }
 
 /// Seals chunk `index` of an attachment laid out as `layout`. The plaintext must have the
@@ -430,6 +481,29 @@ mod tests {
             "not the layout of its size"
         );
         assert!(Layout::new(gib, 1024 * 1024, 1024).is_ok());
+    }
+
+    #[test]
+    fn relayed_chunks_fit_one_envelope_up_to_60_mib() {
+        assert_eq!(MAX_RELAYED_CHUNK_BYTES, 60 * 1024);
+        assert_eq!(MAX_RELAYED_ATTACHMENT_BYTES, 60 * 1024 * 1024);
+        let largest = chunk_layout(MAX_RELAYED_ATTACHMENT_BYTES).unwrap();
+        assert!(relayable(&largest));
+        let sealed = MAX_RELAYED_CHUNK_BYTES as usize + CHUNK_TAG_BYTES;
+        assert!(crate::bucket_for(RELAY_CHUNK_HEADER_BYTES + sealed).is_some());
+        assert!(!relayable(
+            &chunk_layout(MAX_RELAYED_ATTACHMENT_BYTES + 1).unwrap()
+        ));
+        assert!(relayable(&chunk_layout(0).unwrap()));
+
+        let payload = relay_chunk_payload(7, &[9; 40]);
+        assert_eq!(parse_relay_chunk(&payload).unwrap(), (7, &[9u8; 40][..]));
+        assert!(
+            parse_relay_chunk(&payload[..19]).is_err(),
+            "shorter than a tag"
+        );
+        assert_ne!(chunk_deposit_id(&[1; 16], 0), chunk_deposit_id(&[1; 16], 1));
+        assert_ne!(chunk_deposit_id(&[1; 16], 0), chunk_deposit_id(&[2; 16], 0));
     }
 
     proptest! {

@@ -73,6 +73,10 @@ pub enum PayloadKind {
     Pairwise = 1,
     /// A group Megolm message ([`crate::GroupSender`]).
     Group = 2,
+    /// A sealed attachment chunk travelling through a relay ([`crate::relay_chunk_payload`]):
+    /// already end-to-end encrypted under the attachment's key and named by its hash in the
+    /// manifest, so it needs no ratchet. The message id is the attachment's.
+    Chunk = 3,
 }
 
 impl PayloadKind {
@@ -80,6 +84,7 @@ impl PayloadKind {
         match b {
             1 => Some(PayloadKind::Pairwise),
             2 => Some(PayloadKind::Group),
+            3 => Some(PayloadKind::Chunk),
             _ => None,
         }
     }

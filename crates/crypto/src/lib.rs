@@ -29,9 +29,11 @@ mod replay;
 mod session;
 
 pub use attachment::{
-    chunk_hash, chunk_layout, open_chunk, seal_chunk, AttachmentKey, AttachmentOpener,
-    AttachmentSealer, Layout, Sealed, ATTACHMENT_CHUNK_BYTES, CHUNK_TAG_BYTES,
-    MAX_ATTACHMENT_BYTES, MAX_ATTACHMENT_CHUNKS, MAX_ATTACHMENT_CHUNK_BYTES,
+    chunk_deposit_id, chunk_hash, chunk_layout, open_chunk, parse_relay_chunk, relay_chunk_payload,
+    relayable, seal_chunk, AttachmentKey, AttachmentOpener, AttachmentSealer, Layout, Sealed,
+    ATTACHMENT_CHUNK_BYTES, CHUNK_TAG_BYTES, MAX_ATTACHMENT_BYTES, MAX_ATTACHMENT_CHUNKS,
+    MAX_ATTACHMENT_CHUNK_BYTES, MAX_RELAYED_ATTACHMENT_BYTES, MAX_RELAYED_CHUNK_BYTES,
+    RELAY_CHUNK_HEADER_BYTES,
 };
 pub use card::{
     CardDisplay, ContactCard, CARD_CONTEXT, CARD_KEY_ROTATION_MS, CARD_VERSION,

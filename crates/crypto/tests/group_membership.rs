@@ -24,6 +24,7 @@ impl Member {
                 Ok(None)
             }
             PayloadKind::Group => self.read_group(r.from, &r.bytes).map(Some),
+            PayloadKind::Chunk => Err(CryptoError::EnvelopeMalformed("no chunks in this test")),
         }
     }
 

@@ -25,7 +25,7 @@ use instaconnect_wire::records::{
     AccountRecord, AttachmentRecord, BlockRecord, ContactMailboxes, ContactRecord,
     ContactRequestRecord, ConversationRecord, DepositRecord, GroupId, GroupMessageRecord,
     GroupRecord, GroupSyncRecord, HeldMessage, MessageRecord, OutboxEntry, OwnMailbox, Profile,
-    Settings,
+    Settings, UploadRecord,
 };
 use instaconnect_wire::{SecretBytes, WireError};
 
@@ -80,6 +80,10 @@ pub enum Op {
     PutGroupSync(GroupSyncRecord),
     RemoveGroupSync(GroupId),
     PutGroupMessage(GroupMessageRecord),
+    /// Which chunks of an attachment we sent relays hold for its recipient.
+    PutUpload(UploadRecord),
+    /// Forgets an upload, by message id.
+    RemoveUpload([u8; 16]),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -162,6 +166,8 @@ pub trait Store: Send + Sync {
     fn group_sync(&self, id: &GroupId) -> Result<Option<GroupSyncRecord>>;
     /// Who sent a group message, and how far ours got.
     fn group_message(&self, id: &[u8; 16]) -> Result<Option<GroupMessageRecord>>;
+    /// Attachments we sent whose chunks go through relays, ordered by message id.
+    fn uploads(&self) -> Result<Vec<UploadRecord>>;
 
     /// Applies the batch atomically and durably (flushed before returning).
     fn apply(&self, ops: Vec<Op>) -> Result<()> {

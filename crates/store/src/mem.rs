@@ -5,7 +5,7 @@ use instaconnect_wire::records::{
     AccountRecord, AttachmentRecord, BlockRecord, ContactMailboxes, ContactRecord,
     ContactRequestRecord, ConversationRecord, DepositRecord, GroupId, GroupMessageRecord,
     GroupRecord, GroupSyncRecord, HeldMessage, MessageRecord, OutboxEntry, OwnMailbox, Profile,
-    Settings,
+    Settings, UploadRecord,
 };
 use instaconnect_wire::SecretBytes;
 
@@ -34,6 +34,7 @@ struct State {
     attachments: BTreeMap<[u8; 16], AttachmentRecord>,
     group_syncs: BTreeMap<GroupId, GroupSyncRecord>,
     group_messages: BTreeMap<[u8; 16], GroupMessageRecord>,
+    uploads: BTreeMap<[u8; 16], UploadRecord>,
     /// (peer id, phone) of every contact linked to a device.
     contact_peers: std::collections::BTreeSet<(String, String)>,
 }
@@ -181,6 +182,10 @@ impl Store for MemStore {
         Ok(self.lock().group_messages.get(id).cloned())
     }
 
+    fn uploads(&self) -> Result<Vec<UploadRecord>> {
+        Ok(self.lock().uploads.values().cloned().collect())
+    }
+
     fn flush(&self) -> Result<()> {
         Ok(())
     }
@@ -290,6 +295,12 @@ impl Store for MemStore {
                 }
                 Op::PutGroupMessage(m) => {
                     next.group_messages.insert(m.id, m);
+                }
+                Op::PutUpload(u) => {
+                    next.uploads.insert(u.id, u);
+                }
+                Op::RemoveUpload(id) => {
+                    next.uploads.remove(&id);
                 }
             }
         }

@@ -5,7 +5,7 @@ use instaconnect_wire::records::{
     AccountRecord, AttachmentRecord, BlockRecord, ContactMailboxes, ContactRecord,
     ContactRequestRecord, ConversationRecord, DepositRecord, GroupId, GroupMessageRecord,
     GroupRecord, GroupSyncRecord, HeldMessage, MessageRecord, OutboxEntry, OutboxPayload,
-    OwnMailbox, Profile, Settings,
+    OwnMailbox, Profile, Settings, UploadRecord,
 };
 use instaconnect_wire::{decode, encode, SecretBytes, SCHEMA_VERSION};
 use serde::de::DeserializeOwned;
@@ -44,6 +44,8 @@ const PREFIX_ATTACHMENT: &[u8] = b"att/";
 const PREFIX_GROUP_SYNC: &[u8] = b"gsync/";
 /// `gmsg/<message id>`: a group message's sender and per-member states.
 const PREFIX_GROUP_MESSAGE: &[u8] = b"gmsg/";
+/// `upload/<message id>`: which chunks of an attachment we sent relays hold for its recipient.
+const PREFIX_UPLOAD: &[u8] = b"upload/";
 /// `cpeer/<peer id>/<phone>` -> empty: which contacts are linked to a device.
 const PREFIX_CONTACT_PEER: &[u8] = b"cpeer/";
 
@@ -323,6 +325,10 @@ impl Store for SledStore {
         self.get(&key(PREFIX_GROUP_MESSAGE, id))
     }
 
+    fn uploads(&self) -> Result<Vec<UploadRecord>> {
+        self.scan(PREFIX_UPLOAD)
+    }
+
     fn flush(&self) -> Result<()> {
         self.db.flush()?;
         Ok(())
@@ -418,6 +424,8 @@ impl Store for SledStore {
                 Op::PutGroupSync(g) => batch.insert(key(PREFIX_GROUP_SYNC, &g.id.0), enc(g)?),
                 Op::RemoveGroupSync(id) => batch.remove(key(PREFIX_GROUP_SYNC, &id.0)),
                 Op::PutGroupMessage(m) => batch.insert(key(PREFIX_GROUP_MESSAGE, &m.id), enc(m)?),
+                Op::PutUpload(u) => batch.insert(key(PREFIX_UPLOAD, &u.id), enc(u)?),
+                Op::RemoveUpload(id) => batch.remove(key(PREFIX_UPLOAD, id)),
             }
         }
         self.db.stage(batch)?;

@@ -271,6 +271,12 @@ fn relay_op() -> impl Strategy<Value = Op> {
                 states: vec![(sender, DeliveryState::Read)],
             })
         }),
+        (0u8..6, phone(), any::<u8>()).prop_map(|(id, peer, held)| Op::PutUpload(UploadRecord {
+            id: [id; 16],
+            peer,
+            held: vec![held],
+        })),
+        (0u8..6).prop_map(|id| Op::RemoveUpload([id; 16])),
     ]
 }
 
@@ -293,6 +299,7 @@ fn snapshot(s: &dyn Store) -> String {
     out.push_str(&format!("\n{:?}", s.contact_mailboxes().unwrap()));
     out.push_str(&format!("\n{:?}", s.deposits().unwrap()));
     out.push_str(&format!("\n{:?}", s.attachments().unwrap()));
+    out.push_str(&format!("\n{:?}", s.uploads().unwrap()));
     for i in 0u8..6 {
         let p = format!("+9198123456{i:02}");
         out.push_str(&format!("\n{:?}", s.messages(&p, 0).unwrap()));

@@ -174,6 +174,15 @@ pub enum Payload {
     },
     /// The sender read these group messages of ours (sent only if its privacy allows).
     GroupRead { group: [u8; 16], ids: Vec<MsgId> },
+    /// The recipient of attachment `id` tells its sender which chunks it holds (bit `i % 8` of
+    /// byte `i / 8` for chunk `i`, at most [`MAX_HAVE_BYTES`]): all of them once the file is
+    /// complete, so the sender stops putting chunks in relays; otherwise the sender leaves the
+    /// missing ones in the recipient's mailboxes again (PROTOCOL.md §1.9).
+    AttachmentHave {
+        id: MsgId,
+        #[serde(with = "crate::secret::serde_bytes_compat")]
+        have: Vec<u8>,
+    },
 }
 
 /// Most members of a group, the creator included.
@@ -283,6 +292,9 @@ impl GroupState {
         self.members.iter().any(|m| m.phone == phone && m.admin)
     }
 }
+
+/// Largest chunk bitmap of a [`Payload::AttachmentHave`] (one bit per chunk).
+pub const MAX_HAVE_BYTES: usize = MAX_MANIFEST_CHUNKS / 8;
 
 /// Most chunks one attachment has (each listed by hash in its manifest).
 pub const MAX_MANIFEST_CHUNKS: usize = 1024;
@@ -585,6 +597,13 @@ impl Payload {
                     max: MAX_RECEIPT_IDS,
                 })
             }
+            Payload::AttachmentHave { have, .. } if have.len() > MAX_HAVE_BYTES => {
+                Err(ProtoError::TooLarge {
+                    what: "chunk bitmap",
+                    len: have.len(),
+                    max: MAX_HAVE_BYTES,
+                })
+            }
             _ => Ok(p),
         }
     }
@@ -750,6 +769,23 @@ mod tests {
             "the largest manifest fits one message: {} bytes",
             biggest.len()
         );
+    }
+
+    #[test]
+    fn chunk_bitmaps_roundtrip_within_their_bound() {
+        let p = Payload::AttachmentHave {
+            id: [5; 16],
+            have: vec![0xff; MAX_HAVE_BYTES],
+        };
+        assert_eq!(Payload::decode(&p.encode().unwrap()).unwrap(), p);
+        let big = Payload::AttachmentHave {
+            id: [5; 16],
+            have: vec![0xff; MAX_HAVE_BYTES + 1],
+        };
+        assert!(matches!(
+            Payload::decode(&big.encode().unwrap()),
+            Err(ProtoError::TooLarge { .. })
+        ));
     }
 
     #[test]

@@ -390,6 +390,43 @@ impl AttachmentRecord {
     }
 }
 
+/// An attachment we sent whose sealed chunks go through the recipient's relay mailboxes
+/// (device database, `upload/<message id>`): which chunks a relay has receipted. Removed when
+/// the recipient reports the attachment complete.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadRecord {
+    /// The attachment's message id.
+    pub id: [u8; 16],
+    /// The recipient (E.164).
+    pub peer: String,
+    /// Chunks a relay holds (signed receipt), or the recipient said it has: bit `i % 8` of
+    /// byte `i / 8` for chunk `i`.
+    #[serde(with = "serde_bytes_compat")]
+    pub held: Vec<u8>,
+}
+
+impl UploadRecord {
+    /// Whether chunk `i` is held.
+    pub fn has(&self, i: usize) -> bool {
+        self.held
+            .get(i / 8)
+            .is_some_and(|b| b & (1 << (i % 8)) != 0)
+    }
+
+    /// Marks chunk `i` held.
+    pub fn set(&mut self, i: usize) {
+        if self.held.len() <= i / 8 {
+            self.held.resize(i / 8 + 1, 0);
+        }
+        self.held[i / 8] |= 1 << (i % 8);
+    }
+
+    /// How many chunks are held.
+    pub fn count(&self) -> usize {
+        self.held.iter().map(|b| b.count_ones() as usize).sum()
+    }
+}
+
 /// The mailboxes a contact told us to leave envelopes in (device database).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContactMailboxes {

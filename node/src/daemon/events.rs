@@ -54,6 +54,9 @@ fn engine_kind(e: &instaconnect_core::engine::Event) -> &'static str {
         E::GroupChanged { .. } => "group_changed",
         E::GroupMessageReceived { .. } => "group_message_received",
         E::Problem { .. } => "problem",
+        E::AttachmentSendProgress { .. } => "attachment_send_progress",
+        E::AttachmentDelivered { .. } => "attachment_delivered",
+        E::AttachmentRefused { .. } => "attachment_refused",
     }
 }
 

@@ -136,6 +136,7 @@ async fn serve(
         db.clone(),
         blobs,
         config.network.clone(),
+        config.attachments.limits(),
         events,
         shutdown.clone(),
         driver,

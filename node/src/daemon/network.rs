@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use instaconnect_core::book::Book;
-use instaconnect_core::engine::Engine;
+use instaconnect_core::engine::{AttachmentLimits, Engine};
 use instaconnect_net::{driver, NetConfig, NetIdentity, Role};
 use instaconnect_store::Store;
 use rand::RngCore;
@@ -27,6 +27,7 @@ pub async fn run(
     db: Db,
     blobs: Arc<instaconnect_store::DirBlobs>,
     config: NetworkConfig,
+    limits: AttachmentLimits,
     events: Events,
     mut shutdown: Shutdown,
     slot: DriverSlot,
@@ -68,9 +69,12 @@ pub async fn run(
     }
     let mut rng_seed = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut rng_seed);
-    let engine = Engine::new(store, rng_seed)
+    let mut engine = Engine::new(store, rng_seed)
         .context("cannot start the messaging engine")?
         .with_blobs(blobs);
+    engine
+        .set_attachment_limits(limits)
+        .context("cannot set the attachment limits")?;
     let (handle, task) =
         driver::spawn_with_relays(engine, net.clone(), net_events, links, shutdown.watch());
     let mut user_events = handle.subscribe();

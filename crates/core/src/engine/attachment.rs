@@ -13,12 +13,15 @@
 //!   hash. A transfer that stops (the sender went away, or refused) resumes from the chunks it
 //!   is missing when the sender's device connects again, also after a restart.
 //! - **Serving.** Only to the device of the contact the attachment was sent to.
-//!
-//! Through relays (chunks in envelopes while the sender is away) is not built yet.
+//! - **Through relays.** While the sender cannot be reached its chunks may come in envelopes
+//!   from our mailboxes ([`Engine::take_relayed_chunk`], sent by `upload.rs`): each is checked
+//!   like a fetched one, written, and synced before the flush that lets the relay delete it.
+//!   Once our mailboxes for the sender are read we tell it which chunks we hold
+//!   (`Payload::AttachmentHave`), and when the file is complete, that we have all of them.
 
 use instaconnect_crypto::{
-    open_chunk, seal_chunk, AttachmentKey, AttachmentOpener, AttachmentSealer, Layout,
-    CHUNK_TAG_BYTES,
+    open_chunk, parse_relay_chunk, seal_chunk, AttachmentKey, AttachmentOpener, AttachmentSealer,
+    Layout, CHUNK_TAG_BYTES,
 };
 use instaconnect_store::Blobs;
 use instaconnect_wire::proto::{AttachmentKind, AttachmentManifest, MAX_CHUNK_PART_BYTES};
@@ -112,6 +115,10 @@ pub(super) struct Transfer {
     paused: bool,
     /// The attachment's record as last written (read from the store once).
     record: Option<AttachmentRecord>,
+    /// Chunks came (or were refused) through relays since we last told the sender what we hold.
+    relay_seen: bool,
+    /// The user was told it is too large to take through relays.
+    refused_relay: bool,
 }
 
 /// Attachments in flight.
@@ -124,7 +131,15 @@ pub(super) struct Transfers {
     /// The record of the attachment served last (its manifest lists up to 1,024 hashes: not
     /// decoded again for every part).
     served: Option<AttachmentRecord>,
+    /// Chunks served whole, per attachment we sent (for progress), at most
+    /// [`MAX_SERVED_TRACKED`] attachments.
+    served_chunks: BTreeMap<[u8; 16], BTreeSet<u32>>,
+    /// Attachments written from relayed chunks and not synced yet.
+    unsynced: BTreeSet<[u8; 16]>,
 }
+
+/// Attachments whose served chunks are counted for progress events.
+pub const MAX_SERVED_TRACKED: usize = 64;
 
 impl Transfers {
     /// The incomplete incoming attachments in `store`, to resume when their senders connect.
@@ -152,6 +167,8 @@ impl Transfer {
             failed: 0,
             paused: false,
             record: None,
+            relay_seen: false,
+            refused_relay: false,
         }
     }
 }
@@ -195,6 +212,7 @@ impl Engine {
             .check()
             .map_err(|e| EngineError::Attachment(e.to_string()))?;
         layout_of(&manifest)?;
+        self.check_send_size(manifest.size)?;
         if self.blobs.size(&id)? != Some(manifest.size) {
             return Err(EngineError::Attachment(
                 "its file is not in the attachment store".into(),
@@ -235,6 +253,8 @@ impl Engine {
             Op::PutOutbox(entry.clone()),
         ])?;
         self.outbox.insert(order, entry);
+        // Ready to go through its relays should it be away (or go away before it has it all).
+        self.start_upload(&peer, id, false, now_ms)?;
         self.pump_outbox(Some(&peer), now_ms)?;
         Ok(hex(&id))
     }
@@ -257,6 +277,7 @@ impl Engine {
             return Ok(false);
         }
         let mut ops = ops;
+        let (name, size) = (manifest.name.clone(), manifest.size);
         let message = MessageRecord {
             id,
             peer: contact.phone.clone(),
@@ -276,6 +297,18 @@ impl Engine {
             complete: false,
         }));
         self.receive_text(message, n, ops, now_ms)?;
+        if size > self.limits.direct_max_bytes {
+            // Kept and shown with its details, but its bytes are not fetched.
+            self.event(Event::AttachmentRefused {
+                from: contact.phone.clone(),
+                id: hex(&id),
+                name,
+                size,
+                limit: self.limits.direct_max_bytes,
+                relayed: false,
+            });
+            return Ok(true);
+        }
         self.transfers
             .incoming
             .insert(id, Transfer::new(peer.to_string()));
@@ -390,6 +423,7 @@ impl Engine {
         index: u32,
         offset: u32,
         answer: ChunkAnswer,
+        now_ms: u64,
     ) -> Result<()> {
         let Some(t) = self.transfers.incoming.get_mut(&id) else {
             return Ok(());
@@ -460,13 +494,14 @@ impl Engine {
         let stored = record.stored();
         let total = layout.count as usize;
         if stored == total {
-            return self.finish_transfer(record);
+            return self.finish_transfer(record, now_ms);
         }
         self.event(Event::AttachmentProgress {
             from: record.peer.clone(),
             id: hex(&id),
             stored: stored as u32,
             total: total as u32,
+            size: record.manifest.size,
         });
         if let Some(t) = self.transfers.incoming.get_mut(&id) {
             t.record = Some(record.clone());
@@ -477,7 +512,7 @@ impl Engine {
 
     /// Every chunk is in: checks the whole file, or starts over if it does not match (a chunk
     /// recorded before its bytes reached the disk, in a crash).
-    fn finish_transfer(&mut self, mut record: AttachmentRecord) -> Result<()> {
+    fn finish_transfer(&mut self, mut record: AttachmentRecord, now_ms: u64) -> Result<()> {
         let id = record.id;
         let layout = layout_of(&record.manifest)?;
         self.blobs.sync(&id)?;
@@ -499,7 +534,11 @@ impl Engine {
                 .and_then(|c| c.peer_id)
                 .unwrap_or_default();
             self.write(vec![Op::PutAttachment(record)])?;
-            self.transfers.incoming.insert(id, Transfer::new(peer));
+            // If chunks came through relays, the sender hears that none are held, and leaves
+            // them again.
+            let mut t = Transfer::new(peer);
+            t.relay_seen = true;
+            self.transfers.incoming.insert(id, t);
             return self.pump_transfer(&id);
         }
         record.complete = true;
@@ -509,7 +548,149 @@ impl Engine {
             name: record.manifest.name.clone(),
             size: record.manifest.size,
         });
+        self.transfers.unsynced.remove(&id);
+        let have = record.have.clone();
+        let peer = self.store.contact(&record.peer)?.and_then(|c| c.peer_id);
+        self.write(vec![Op::PutAttachment(record)])?;
+        // The sender stops leaving chunks in relays (sent after the flush of what it says).
+        match peer {
+            Some(peer) => {
+                self.queue_payload(&peer, &Payload::AttachmentHave { id, have }, true, now_ms)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// The ids of the incoming transfers.
+    pub(super) fn transfers_ids(&self) -> Vec<[u8; 16]> {
+        self.transfers.incoming.keys().copied().collect()
+    }
+
+    /// Stops fetching attachment `id` (it stays incomplete).
+    pub(super) fn drop_transfer(&mut self, id: &[u8; 16]) {
+        self.transfers.incoming.remove(id);
+    }
+
+    /// A chunk envelope from our mailbox for the contact `phone`, sealed by its device `peer`:
+    /// checked against the manifest like a fetched chunk, and stored.
+    pub(super) fn take_relayed_chunk(
+        &mut self,
+        peer: &str,
+        phone: &str,
+        opened: &OpenedEnvelope,
+        now_ms: u64,
+    ) -> Result<()> {
+        let id = opened.message_id.0;
+        let Ok((index, sealed)) = parse_relay_chunk(&opened.payload) else {
+            self.problem(format!(
+                "a malformed attachment chunk from {phone} came through a relay; dropped"
+            ));
+            return Ok(());
+        };
+        // Only for an attachment of this sender that is still arriving (a chunk of one that is
+        // complete, unknown or refused is dropped).
+        if self
+            .transfers
+            .incoming
+            .get(&id)
+            .is_none_or(|t| t.peer != peer)
+        {
+            return Ok(());
+        }
+        let Some(mut record) = self.transfer_record(&id)? else {
+            self.transfers.incoming.remove(&id);
+            return Ok(());
+        };
+        if record.peer != phone || record.has(index as usize) {
+            return Ok(());
+        }
+        let t = self.transfers.incoming.get_mut(&id).expect("checked above");
+        t.relay_seen = true;
+        if !self.takes_relayed(&record) {
+            let t = self.transfers.incoming.get_mut(&id).expect("checked above");
+            if !t.refused_relay {
+                t.refused_relay = true;
+                self.event(Event::AttachmentRefused {
+                    from: phone.to_string(),
+                    id: hex(&id),
+                    name: record.manifest.name.clone(),
+                    size: record.manifest.size,
+                    limit: self.limits.relay_max_bytes,
+                    relayed: true,
+                });
+            }
+            return Ok(());
+        }
+        let layout = layout_of(&record.manifest)?;
+        let Some(hash) = record.manifest.chunks.get(index as usize).copied() else {
+            return Ok(());
+        };
+        let key = AttachmentKey::from_bytes(record.manifest.key.expose())?;
+        let Ok(plain) = open_chunk(&key, &layout, index, &hash, sealed) else {
+            self.problem(format!(
+                "a chunk of an attachment from {phone} arrived damaged through a relay; it is asked for again"
+            ));
+            return Ok(());
+        };
+        self.blobs.write_at(&id, layout.offset(index), &plain)?;
+        self.transfers.unsynced.insert(id);
+        record.set(index as usize);
+        let stored = record.stored();
+        let total = layout.count as usize;
+        if stored == total {
+            // Whole: checked, reported, and the sender told (all after the flush).
+            return self.finish_transfer(record, now_ms);
+        }
+        self.event(Event::AttachmentProgress {
+            from: record.peer.clone(),
+            id: hex(&id),
+            stored: stored as u32,
+            total: total as u32,
+            size: record.manifest.size,
+        });
+        if let Some(t) = self.transfers.incoming.get_mut(&id) {
+            t.record = Some(record.clone());
+        }
         self.write(vec![Op::PutAttachment(record)])
+    }
+
+    /// Syncs the attachments written from relayed chunks, before the flush that lets the relay
+    /// delete them.
+    pub(super) fn sync_relayed_chunks(&mut self) -> Result<()> {
+        for id in std::mem::take(&mut self.transfers.unsynced) {
+            self.blobs.sync(&id)?;
+        }
+        Ok(())
+    }
+
+    /// Our mailboxes for `phone` are read: tells its device which chunks we hold of each
+    /// attachment from it that came (partly) through relays and is still incomplete, so it
+    /// leaves the missing ones again.
+    pub(super) fn report_relayed_chunks(&mut self, phone: &str, now_ms: u64) -> Result<()> {
+        let Some(peer) = self.store.contact(phone)?.and_then(|c| c.peer_id) else {
+            return Ok(());
+        };
+        let ids: Vec<[u8; 16]> = self
+            .transfers
+            .incoming
+            .iter_mut()
+            .filter(|(_, t)| t.relay_seen && t.peer == peer)
+            .map(|(id, t)| {
+                t.relay_seen = false;
+                *id
+            })
+            .collect();
+        for id in ids {
+            let Some(record) = self.transfer_record(&id)? else {
+                continue;
+            };
+            if record.peer != phone || record.complete || !self.takes_relayed(&record) {
+                continue;
+            }
+            let have = record.have.clone();
+            self.queue_payload(&peer, &Payload::AttachmentHave { id, have }, true, now_ms)?;
+        }
+        Ok(())
     }
 
     /// `peer` asks for `len` bytes at `offset` of chunk `index` of the attachment of message
@@ -563,6 +744,31 @@ impl Engine {
         let part = sealed[at..at + len as usize].to_vec();
         // It acknowledges nothing stored: no need to wait for a flush.
         self.unacking.insert(channel);
-        self.respond(channel, Response::Chunk(part))
+        self.respond(channel, Response::Chunk(part))?;
+        if at + len as usize == sealed_len {
+            // The last part of a chunk went: progress for the sender's user.
+            let served = &mut self.transfers.served_chunks;
+            if !served.contains_key(&id) && served.len() >= MAX_SERVED_TRACKED {
+                served.clear();
+            }
+            self.served_directly(&id, index)?;
+            let served = &mut self.transfers.served_chunks;
+            let chunks = served.entry(id).or_default();
+            if chunks.insert(index) {
+                let sent = chunks.len() as u32;
+                if sent == layout.count {
+                    served.remove(&id);
+                }
+                self.event(Event::AttachmentSendProgress {
+                    to: record.peer.clone(),
+                    id: hex(&id),
+                    sent,
+                    total: layout.count,
+                    size: layout.size,
+                    relayed: false,
+                });
+            }
+        }
+        Ok(())
     }
 }

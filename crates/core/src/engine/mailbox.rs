@@ -73,7 +73,7 @@ impl OwnBox {
 }
 
 /// What a mailbox request was for.
-enum MailboxPending {
+pub(super) enum MailboxPending {
     Create {
         mailbox: MailboxId,
     },
@@ -88,6 +88,13 @@ enum MailboxPending {
         mailbox: MailboxId,
         addrs: Vec<String>,
         items: Vec<(MsgId, [u8; 32])>,
+    },
+    /// A `DepositBatch` of chunks of attachment `id` into `mailbox`: each item's chunk index
+    /// and envelope hash, in order.
+    Chunks {
+        id: MsgId,
+        mailbox: MailboxId,
+        items: Vec<(u32, [u8; 32])>,
     },
 }
 
@@ -106,7 +113,7 @@ pub(super) struct RelayState {
     relays: BTreeMap<String, RelayLink>,
     own: BTreeMap<MailboxId, OwnBox>,
     /// Contact device (peer id) -> the mailboxes it announced.
-    boxes: HashMap<String, Vec<MailboxAddress>>,
+    pub(super) boxes: HashMap<String, Vec<MailboxAddress>>,
     /// Message id -> the mailboxes that hold it (a relay's receipt said so).
     deposited: HashMap<MsgId, BTreeSet<MailboxId>>,
     /// Message id -> deposit requests in flight.
@@ -117,7 +124,7 @@ pub(super) struct RelayState {
     /// Outbox entries whose first sending must wait for the flush of what they acknowledge.
     pub(super) durable_first: HashSet<MsgId>,
     /// Most envelopes per deposit request, if fewer than [`MAX_DEPOSIT_ITEMS`].
-    batch_limit: Option<usize>,
+    pub(super) batch_limit: Option<usize>,
 }
 
 impl RelayState {
@@ -144,7 +151,7 @@ impl RelayState {
     }
 
     /// We know relays and reach none of them: deposits would fail.
-    fn offline(&self) -> bool {
+    pub(super) fn offline(&self) -> bool {
         !self.relays.is_empty() && !self.relays.values().any(|l| l.up)
     }
 
@@ -203,7 +210,7 @@ impl Engine {
         self.relay.batch_limit = Some(n.clamp(1, MAX_DEPOSIT_ITEMS));
     }
 
-    fn mailbox_request(
+    pub(super) fn mailbox_request(
         &mut self,
         relay: &str,
         addrs: Vec<String>,
@@ -327,7 +334,9 @@ impl Engine {
             self.due_now(&peer, now_ms);
             self.pump_outbox(Some(&peer), now_ms)?;
         }
-        Ok(())
+        // And the chunks of attachments that go through relays.
+        self.uploads_due_now();
+        self.pump_uploads(now_ms)
     }
 
     /// Opens mailboxes for the contact `phone` on relays we are connected to until it has
@@ -616,6 +625,28 @@ impl Engine {
                 }
                 self.pump_outbox(Some(&peer), now_ms)
             }
+            MailboxPending::Chunks { id, mailbox, items } => {
+                let sent: Vec<(MailboxId, [u8; 32])> =
+                    items.iter().map(|(_, h)| (mailbox, *h)).collect();
+                let (seqs, refused) = match &answer {
+                    Some(MailboxResponse::Deposits { receipt, refused }) => (
+                        IdentityKey::from_bytes(&receipt.relay)
+                            .ok()
+                            .filter(|key| key.peer_id() == relay)
+                            .and_then(|key| check_batch_receipt(receipt, &key, &sent).ok()),
+                        refused.iter().map(|r| r.why).collect(),
+                    ),
+                    Some(MailboxResponse::Refused(why)) => (None, vec![*why]),
+                    _ => (None, Vec::new()),
+                };
+                let seqs = seqs.unwrap_or_else(|| vec![None; items.len()]);
+                let held: Vec<(u32, bool)> = items
+                    .iter()
+                    .zip(seqs)
+                    .map(|((index, _), seq)| (*index, seq.is_some()))
+                    .collect();
+                self.chunks_settled(id, relay, &held, &refused, now_ms)
+            }
         }
     }
 
@@ -643,6 +674,9 @@ impl Engine {
                 from = Some(peer);
             }
         }
+        // Chunks written to attachments must be on disk before the flush that lets the
+        // deletes go.
+        self.sync_relayed_chunks()?;
         let last = items.last().map(|i| i.seq);
         let refetch = match self.relay.own.get_mut(&mailbox) {
             Some(b) => {
@@ -679,6 +713,15 @@ impl Engine {
         }
         if (more && last.is_some()) || refetch {
             self.fetch(mailbox, now_ms)?;
+        } else if !self
+            .relay
+            .own
+            .values()
+            .any(|b| b.rec.phone == phone && b.fetching)
+        {
+            // Every mailbox of this contact is read: tell it what is still missing of the
+            // attachments that came this way.
+            self.report_relayed_chunks(&phone, now_ms)?;
         }
         Ok(())
     }
@@ -704,6 +747,11 @@ impl Engine {
             return Ok(None);
         };
         if self.is_blocked(phone) {
+            return Ok(None);
+        }
+        if opened.kind == PayloadKind::Chunk {
+            // A chunk of an attachment: checked against its manifest, nothing to acknowledge.
+            self.take_relayed_chunk(&peer, phone, &opened, now_ms)?;
             return Ok(None);
         }
         let id = opened.message_id.0;
@@ -905,10 +953,12 @@ impl Engine {
             self.relay.deposited.remove(&id);
         } else if self.relay.deposited.contains_key(&id) {
             if !text {
-                // Receipts and announcements are done once a relay holds them.
+                // Receipts and announcements are done once a relay holds them. An attachment's
+                // manifest is followed there by its chunks.
                 self.relay.deposited.remove(&id);
                 self.outbox.remove(&id);
                 self.write(vec![Op::RemoveOutbox(id)])?;
+                self.start_upload(peer, id, true, now_ms)?;
             }
         } else if let Some(e) = self.retry_later(&id, now_ms) {
             self.write(vec![Op::PutOutbox(e)])?;

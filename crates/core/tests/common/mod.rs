@@ -112,14 +112,15 @@ impl Mesh {
 
     /// Adds a relay with default limits; returns its index.
     pub fn add_relay(&mut self) -> usize {
+        self.add_relay_with(RelayConfig::default())
+    }
+
+    /// Adds a relay with these limits; returns its index.
+    pub fn add_relay_with(&mut self, config: RelayConfig) -> usize {
         let r = self.relays.len();
         let identity = Identity::from_secret_bytes(&[r as u8 + 100; 32]).unwrap();
         let peer = identity.public().peer_id();
-        let relay = Relay::new(
-            Arc::new(MemRelayStore::new()),
-            identity,
-            RelayConfig::default(),
-        );
+        let relay = Relay::new(Arc::new(MemRelayStore::new()), identity, config);
         self.relays.push(MeshRelay {
             relay,
             peer,

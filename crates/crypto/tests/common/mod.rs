@@ -100,7 +100,7 @@ impl Peer {
     fn dispatch(&mut self, opened: OpenedEnvelope) -> Result<Received, CryptoError> {
         let from = opened.sender.identity;
         let bytes = match opened.kind {
-            PayloadKind::Group => Zeroizing::new(opened.payload.clone()),
+            PayloadKind::Group | PayloadKind::Chunk => Zeroizing::new(opened.payload.clone()),
             PayloadKind::Pairwise => {
                 let existing = self.sessions.get_mut(&from).filter(|s| {
                     !Session::is_prekey_message(&opened.payload)
