@@ -428,7 +428,8 @@ fn attachment_json(store: &SledStore, id: &[u8; 16]) -> serde_json::Value {
     }
 }
 
-/// The attachment of a message as `history` shows it: `[photo beach.png, 293 KiB]`.
+/// The attachment of a message as `history` shows it: `[photo beach.png, 293 KiB]`,
+/// `[video clip.mp4, 1.2 MiB, 0:42]`.
 fn attachment_line(store: &SledStore, id: &[u8; 16]) -> Option<String> {
     let a = store.attachment(id).ok().flatten()?;
     let progress = if a.complete {
@@ -440,12 +441,29 @@ fn attachment_line(store: &SledStore, id: &[u8; 16]) -> Option<String> {
             a.manifest.chunks.len()
         )
     };
+    let duration = a
+        .manifest
+        .duration_ms
+        .map(|ms| format!(", {}", clock(ms)))
+        .unwrap_or_default();
     Some(format!(
-        "[{} {}, {}{progress}]",
+        "[{} {}, {}{duration}{progress}]",
         kind_name(a.manifest.kind),
         a.manifest.name,
         human_size(a.manifest.size)
     ))
+}
+
+/// A duration as a clock: `0:42`, `12:05`, `1:02:03` (at least `0:01` for a short clip).
+fn clock(ms: u64) -> String {
+    let s = ms.saturating_add(500) / 1000;
+    let s = if ms > 0 { s.max(1) } else { 0 };
+    let (h, m, s) = (s / 3600, s / 60 % 60, s % 60);
+    if h > 0 {
+        format!("{h}:{m:02}:{s:02}")
+    } else {
+        format!("{m}:{s:02}")
+    }
 }
 
 pub(crate) fn human_size(n: u64) -> String {
@@ -541,6 +559,19 @@ pub fn send_attachment(
         meta.mime = pic.format.mime_type().to_string();
         if pic.thumbnail_png.len() <= MAX_THUMBNAIL_BYTES {
             meta.thumbnail = Some(pic.thumbnail_png);
+        }
+    }
+    if kind != AttachmentKind::Photo {
+        // Audio and video: the duration the container states, and its type when the name says
+        // nothing. A file that cannot be probed is still sent, without them.
+        let probed = std::fs::File::open(&path)
+            .ok()
+            .and_then(|mut f| instaconnect_core::media::probe(&mut f).ok().flatten());
+        if let Some(info) = probed {
+            meta.duration_ms = info.duration_ms;
+            if meta.mime == "application/octet-stream" {
+                meta.mime = info.container.mime_type().to_string();
+            }
         }
     }
     let blobs = ctx.home.blobs()?;
@@ -714,4 +745,20 @@ fn parse_id(id: &str) -> Result<[u8; 16], Failure> {
                 "not a message id: {id:?} (32 hex digits, see `instaconnect history --json`)"
             ))
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::clock;
+
+    #[test]
+    fn durations_read_as_clocks() {
+        assert_eq!(clock(0), "0:00");
+        assert_eq!(clock(300), "0:01");
+        assert_eq!(clock(42_400), "0:42");
+        assert_eq!(clock(42_600), "0:43");
+        assert_eq!(clock(12 * 60_000 + 5_000), "12:05");
+        assert_eq!(clock(3_723_000), "1:02:03");
+        assert_eq!(clock(u64::MAX), "5124095576030:25:51");
+    }
 }

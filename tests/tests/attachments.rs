@@ -175,6 +175,101 @@ fn a_photo_and_a_file_sent_directly_arrive_byte_identical_and_can_be_saved() {
     }
 }
 
+/// A WAV file of `seconds` of silence: 8 kHz, 8-bit mono (8000 bytes a second).
+fn wav(seconds: u32) -> Vec<u8> {
+    let data = 8_000 * seconds;
+    let mut f = b"RIFF".to_vec();
+    f.extend_from_slice(&(36 + data).to_le_bytes());
+    f.extend_from_slice(b"WAVEfmt ");
+    f.extend_from_slice(&16u32.to_le_bytes());
+    f.extend_from_slice(&1u16.to_le_bytes()); // PCM
+    f.extend_from_slice(&1u16.to_le_bytes()); // mono
+    f.extend_from_slice(&8_000u32.to_le_bytes()); // sample rate
+    f.extend_from_slice(&8_000u32.to_le_bytes()); // byte rate
+    f.extend_from_slice(&1u16.to_le_bytes()); // block align
+    f.extend_from_slice(&8u16.to_le_bytes()); // bits
+    f.extend_from_slice(b"data");
+    f.extend_from_slice(&data.to_le_bytes());
+    f.resize(f.len() + data as usize, 0x80);
+    f
+}
+
+/// An MP4 file whose movie header says `ms` milliseconds (a 1 ms timescale), `moov` after
+/// `mdat`.
+fn mp4(ms: u32) -> Vec<u8> {
+    fn mp4_box(kind: &[u8; 4], body: &[u8]) -> Vec<u8> {
+        let mut b = ((body.len() + 8) as u32).to_be_bytes().to_vec();
+        b.extend_from_slice(kind);
+        b.extend_from_slice(body);
+        b
+    }
+    let mut mvhd = vec![0u8; 12]; // version 0, flags, creation and modification times
+    mvhd.extend_from_slice(&1_000u32.to_be_bytes());
+    mvhd.extend_from_slice(&ms.to_be_bytes());
+    mvhd.resize(100, 0);
+    let mut f = mp4_box(b"ftyp", b"isom\0\0\x02\0isommp41");
+    f.extend(mp4_box(b"mdat", &[0x42; 5_000]));
+    f.extend(mp4_box(b"moov", &mp4_box(b"mvhd", &mvhd)));
+    f
+}
+
+#[test]
+fn a_voice_note_and_a_video_arrive_with_their_durations() {
+    let Pair {
+        asha,
+        ravi: _ravi,
+        asha_node,
+        ravi_node,
+        ravi_events,
+        ..
+    } = linked();
+    // No extension that names the type: it is sniffed from the content.
+    let voice = asha.file("hello.rec");
+    std::fs::write(&voice, wav(2)).unwrap();
+    let clip = asha.file("clip.mp4");
+    std::fs::write(&clip, mp4(42_000)).unwrap();
+    let sent =
+        output(&asha_node.command(&["send", "--json", "Ravi", "--voice", voice.to_str().unwrap()]));
+    assert_eq!(sent["attachment"]["duration_ms"], 2_000, "{sent}");
+    assert_eq!(sent["attachment"]["mime"], "audio/wav", "{sent}");
+    let voice_id = sent["id"].as_str().unwrap().to_string();
+    let sent =
+        output(&asha_node.command(&["send", "--json", "Ravi", "--video", clip.to_str().unwrap()]));
+    let clip_id = sent["id"].as_str().unwrap().to_string();
+
+    let mut done = std::collections::BTreeSet::new();
+    while done.len() < 2 {
+        let d = ravi_events.wait("attachment_received", |_| true);
+        done.insert(d["id"].as_str().unwrap().to_string());
+    }
+    assert_eq!(done, [voice_id, clip_id].into());
+    let history = output(&ravi_node.command(&["history", "--json", "Asha"]));
+    let got: Vec<(String, String, u64)> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let a = &m["attachment"];
+            (
+                a["kind"].as_str().unwrap().to_string(),
+                a["mime"].as_str().unwrap().to_string(),
+                a["duration_ms"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("voice".to_string(), "audio/wav".to_string(), 2_000),
+            ("video".to_string(), "video/mp4".to_string(), 42_000),
+        ]
+    );
+    let plain = ravi_node.command(&["history", "Asha"]);
+    let plain = plain.json["stdout"].as_str().unwrap();
+    assert!(plain.contains("[voice hello.rec, 15 KiB, 0:02]"), "{plain}");
+    assert!(plain.contains("[video clip.mp4, 5 KiB, 0:42]"), "{plain}");
+}
+
 #[test]
 fn bad_attachments_get_a_clear_error_and_send_nothing() {
     let asha = Home::with_account(ASHA, "Asha");

@@ -6,6 +6,7 @@
 //! simulator run this same code.
 //!
 //! - [`phone`], [`vcard`], [`csv_import`], [`picture`]: validation of what users type and import.
+//! - [`media`]: audio and video containers sniffed by content, and the duration they state.
 //! - [`book`]: the account, profile, address book, blocks, groups and privacy settings.
 //! - [`export`]: the documented JSON export of a whole account.
 //! - [`engine`]: the messaging engine (frames in, frames and events out).
@@ -15,6 +16,7 @@ pub mod book;
 pub mod csv_import;
 pub mod engine;
 pub mod export;
+pub mod media;
 pub mod phone;
 pub mod picture;
 pub mod relay;
