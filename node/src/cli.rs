@@ -738,8 +738,16 @@ pub fn execute(cli: Cli, home: &Home, source: Source<'_>, out: &mut Out) -> Resu
             video,
             voice,
             file,
-            ..
+            wait,
         } => {
+            if wait {
+                let store = ctx.open()?;
+                if crate::groups::target_group(&ctx, &store, &contact)?.is_some() {
+                    return Err(usage(anyhow!(
+                        "--wait follows one contact's transfer; in a group each member fetches it (see `instaconnect history {contact}`)"
+                    )));
+                }
+            }
             let attached = [
                 (AttachmentKind::Photo, photo),
                 (AttachmentKind::Video, video),

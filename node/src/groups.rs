@@ -158,6 +158,7 @@ pub fn history(
                     "members": members,
                     "sent_at_ms": m.sent_at_ms,
                     "stored_at_ms": m.stored_at_ms,
+                    "attachment": crate::messaging::attachment_json(store, &m.id),
                 })
             })
             .collect();
@@ -192,7 +193,20 @@ pub fn history(
             } else {
                 String::new()
             };
-            out.line(format!("{} {who}: {}{state}", time(m.stored_at_ms), m.text));
+            let attached = crate::messaging::attachment_line(store, &m.id)
+                .map(|a| {
+                    if m.text.is_empty() {
+                        a
+                    } else {
+                        format!("{a} ")
+                    }
+                })
+                .unwrap_or_default();
+            out.line(format!(
+                "{} {who}: {attached}{}{state}",
+                time(m.stored_at_ms),
+                m.text
+            ));
         }
     }
     if msgs

@@ -410,7 +410,7 @@ fn kind_name(k: AttachmentKind) -> &'static str {
 }
 
 /// The attachment of a message, for `history --json` (`null` if it has none).
-fn attachment_json(store: &SledStore, id: &[u8; 16]) -> serde_json::Value {
+pub(crate) fn attachment_json(store: &SledStore, id: &[u8; 16]) -> serde_json::Value {
     match store.attachment(id).ok().flatten() {
         Some(a) => json!({
             "kind": kind_name(a.manifest.kind),
@@ -430,7 +430,7 @@ fn attachment_json(store: &SledStore, id: &[u8; 16]) -> serde_json::Value {
 
 /// The attachment of a message as `history` shows it: `[photo beach.png, 293 KiB]`,
 /// `[video clip.mp4, 1.2 MiB, 0:42]`.
-fn attachment_line(store: &SledStore, id: &[u8; 16]) -> Option<String> {
+pub(crate) fn attachment_line(store: &SledStore, id: &[u8; 16]) -> Option<String> {
     let a = store.attachment(id).ok().flatten()?;
     let progress = if a.complete {
         String::new()
@@ -513,7 +513,15 @@ pub fn send_attachment(
     caption: Option<String>,
 ) -> Result<(), Failure> {
     let store = ctx.open()?;
-    let c = Book::new(&*store).resolve_contact(contact, ctx.region.as_ref())?;
+    // A group name or id works too (contacts win).
+    let group = crate::groups::target_group(ctx, &store, contact)?;
+    let (to, to_label) = match &group {
+        Some(g) => (g.id.to_hex(), g.name.clone()),
+        None => {
+            let c = Book::new(&*store).resolve_contact(contact, ctx.region.as_ref())?;
+            (c.phone.clone(), c.phone)
+        }
+    };
     let path = ctx.file(given)?;
     let size = std::fs::metadata(&path)
         .map_err(|e| usage(anyhow!("cannot read {}: {e}", given.display())))?
@@ -585,15 +593,19 @@ pub fn send_attachment(
     let sent = seal_attachment(blobs.as_ref(), &id, meta, &mut rand::rngs::OsRng)
         .map_err(engine_failure)
         .and_then(|manifest| {
-            engine_command(
-                ctx,
-                &store,
-                Command::SendAttachment {
-                    to: c.phone.clone(),
+            let cmd = match &group {
+                Some(g) => Command::SendGroupAttachment {
+                    group: g.id,
                     id,
                     manifest: Box::new(manifest),
                 },
-            )
+                None => Command::SendAttachment {
+                    to: to.clone(),
+                    id,
+                    manifest: Box::new(manifest),
+                },
+            };
+            engine_command(ctx, &store, cmd)
         });
     let id_hex = match sent {
         Ok(id) => id.unwrap_or_default(),
@@ -606,7 +618,7 @@ pub fn send_attachment(
     if ctx.json {
         out.json(&json!({
             "id": id_hex,
-            "to": c.phone,
+            "to": to,
             "state": state_str(state),
             "attachment": attachment_json(&store, &id),
         }))?;
@@ -615,7 +627,7 @@ pub fn send_attachment(
         out.line(format!(
             "{} to {} ({id_hex}) {line}",
             state.label(),
-            c.phone
+            to_label
         ));
         if !node_running(ctx) {
             out.note(

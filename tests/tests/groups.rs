@@ -135,6 +135,42 @@ fn a_group_of_five_nodes_reaches_everyone_and_a_removed_member_gets_nothing_more
         }
     });
 
+    // A photo to the group: every member's node fetches it from Meera's and saves it
+    // byte-identical.
+    let photo = instaconnect_e2e::png(320, 200);
+    std::fs::write(m[2].home.file("beach.png"), &photo).unwrap();
+    let sent = m[2].home.json(&[
+        "send",
+        "Trip",
+        "the beach",
+        "--photo",
+        m[2].home.file("beach.png").to_str().unwrap(),
+    ]);
+    let id = sent["id"].as_str().unwrap().to_string();
+    for (i, y) in m.iter().enumerate().filter(|(i, _)| *i != 2) {
+        wait_until(&format!("the photo at node {i}"), WAIT, || {
+            let h = y.home.json(&["history", &group]);
+            let done = h
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|x| x["id"] == id.as_str() && x["attachment"]["complete"] == true);
+            if done {
+                Ok(())
+            } else {
+                Err(h)
+            }
+        });
+        let out = y.home.file("saved.png");
+        y.home
+            .ok(&["attachments", "save", &id, "--out", out.to_str().unwrap()]);
+        assert_eq!(
+            std::fs::read(&out).unwrap(),
+            photo,
+            "node {i} saved it identical"
+        );
+    }
+
     // Only an admin removes.
     let (_, err) = m[1].home.fail(&["groups", "remove", "Trip", PEOPLE[2].0]);
     assert!(err.contains("admin"), "{err}");

@@ -192,6 +192,13 @@ pub enum Command {
     LeaveGroup { group: GroupId },
     /// Send a text to a group.
     SendGroup { group: GroupId, text: String },
+    /// Send the file the blob store holds under `id` (sealed as `manifest`) to a group; its
+    /// members fetch the chunks from this device.
+    SendGroupAttachment {
+        group: GroupId,
+        id: [u8; 16],
+        manifest: Box<instaconnect_wire::proto::AttachmentManifest>,
+    },
     /// The user has seen the group's conversation: mark read, send receipts if allowed.
     MarkGroupRead { group: GroupId },
 }
@@ -1161,6 +1168,13 @@ impl Engine {
             Command::SendGroup { group, text } => {
                 self.send_group_text(group, text, now_ms).map(Some)
             }
+            Command::SendGroupAttachment {
+                group,
+                id,
+                manifest,
+            } => self
+                .send_group_attachment(group, id, *manifest, now_ms)
+                .map(Some),
             Command::MarkGroupRead { group } => {
                 self.mark_group_read(group, now_ms)?;
                 Ok(None)

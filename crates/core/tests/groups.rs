@@ -504,3 +504,76 @@ fn a_member_linked_after_the_group_was_made_is_invited_then() {
     send_group(&mut m, 2, g, "made it");
     assert!(shows(&m, 0, g, "made it") && shows(&m, 1, g, "made it"));
 }
+
+#[test]
+fn a_photo_sent_to_a_group_reaches_every_member_byte_identical_and_only_members_may_fetch_it() {
+    use instaconnect_core::engine::{seal_attachment, AttachmentMeta};
+    use instaconnect_store::Blobs;
+    use instaconnect_wire::proto::{AttachmentKind, Request, Response};
+    use rand::SeedableRng;
+
+    let mut m = five();
+    let g = group_of(&mut m, &[1, 2, 3]);
+    let bytes: Vec<u8> = (0..200_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+        .collect();
+    let id = [0x5a; 16];
+    m.nodes[1].blobs.write_at(&id, 0, &bytes).unwrap();
+    let meta = AttachmentMeta {
+        kind: AttachmentKind::Photo,
+        name: "beach.png".into(),
+        mime: "image/png".into(),
+        width: Some(640),
+        height: Some(480),
+        duration_ms: None,
+        thumbnail: None,
+        caption: Some("the beach".into()),
+    };
+    let mut rng = rand_chacha::ChaCha20Rng::from_seed([9; 32]);
+    let manifest = seal_attachment(m.nodes[1].blobs.as_ref(), &id, meta, &mut rng).unwrap();
+    m.command(
+        1,
+        Command::SendGroupAttachment {
+            group: g,
+            id,
+            manifest: Box::new(manifest),
+        },
+    );
+    for i in [0, 2, 3] {
+        let rec = m.nodes[i].engine.store().attachment(&id).unwrap().unwrap();
+        assert!(rec.complete, "node {i} has all of it");
+        assert_eq!(
+            m.nodes[i].blobs.read_at(&id, 0, bytes.len()).unwrap(),
+            bytes
+        );
+        assert!(shows(&m, i, g, "the beach"), "node {i} shows the caption");
+    }
+    // Zoya is no member: Ravi's device does not hand her a chunk, even with the id.
+    assert!(m.nodes[4].engine.store().attachment(&id).unwrap().is_none());
+    let frame = Request::Chunk {
+        id,
+        index: 0,
+        offset: 0,
+        len: 1024,
+    }
+    .encode()
+    .unwrap();
+    let now = m.now;
+    let zoya = m.id(4);
+    m.nodes[1].engine.handle_input(
+        now,
+        instaconnect_core::engine::Input::Request {
+            peer: zoya,
+            frame,
+            channel: 77,
+        },
+    );
+    m.nodes[1].engine.commit().unwrap();
+    let mut answer = None;
+    while let Some(o) = m.nodes[1].engine.poll_output() {
+        if let instaconnect_core::engine::Output::Respond { channel: 77, frame } = o {
+            answer = Some(Response::decode(&frame).unwrap());
+        }
+    }
+    assert_eq!(answer, Some(Response::NotNow));
+}

@@ -229,6 +229,11 @@ pub struct GroupCard {
 pub enum GroupBody {
     /// A text; `id` must be the id the [`Payload::GroupMessage`] carries.
     Text { id: MsgId, text: String },
+    /// A photo, video, voice note or file; members fetch its chunks from the sender's device.
+    Attachment {
+        id: MsgId,
+        manifest: AttachmentManifest,
+    },
 }
 
 impl GroupBody {
@@ -247,6 +252,7 @@ impl GroupBody {
                     max: MAX_TEXT_BYTES,
                 })
             }
+            GroupBody::Attachment { manifest, .. } => manifest.check().map(|()| b),
             _ => Ok(b),
         }
     }

@@ -25,7 +25,7 @@ use instaconnect_crypto::{
 };
 use instaconnect_store::Blobs;
 use instaconnect_wire::proto::{AttachmentKind, AttachmentManifest, MAX_CHUNK_PART_BYTES};
-use instaconnect_wire::records::AttachmentRecord;
+use instaconnect_wire::records::{AttachmentRecord, GroupId};
 
 use super::*;
 
@@ -149,7 +149,13 @@ impl Transfers {
             if a.direction != Direction::Incoming || a.complete {
                 continue;
             }
-            if let Some(peer) = store.contact(&a.peer)?.and_then(|c| c.peer_id) {
+            let from = attachment_source(store, &a)?;
+            if let Some(peer) = from
+                .map(|p| store.contact(&p))
+                .transpose()?
+                .flatten()
+                .and_then(|c| c.peer_id)
+            {
                 t.incoming.insert(a.id, Transfer::new(peer));
             }
         }
@@ -171,6 +177,20 @@ impl Transfer {
             refused_relay: false,
         }
     }
+}
+
+/// Whether a manifest's layout is the one its size gives (what the chunks are checked against).
+pub(super) fn layout_ok(m: &AttachmentManifest) -> bool {
+    layout_of(m).is_ok()
+}
+
+/// Who an incoming attachment comes from (E.164): its conversation's contact, or for a
+/// group's, the member who sent it.
+fn attachment_source(store: &dyn Store, a: &AttachmentRecord) -> Result<Option<String>> {
+    Ok(match GroupId::from_conversation(&a.peer) {
+        Some(_) => store.group_message(&a.id)?.map(|g| g.sender),
+        None => Some(a.peer.clone()),
+    })
 }
 
 fn layout_of(m: &AttachmentManifest) -> Result<Layout> {
@@ -393,6 +413,33 @@ impl Engine {
         Ok(())
     }
 
+    /// A group member's attachment is stored: fetch its chunks from the member's device
+    /// (within our size limit).
+    pub(super) fn fetch_group_attachment(
+        &mut self,
+        id: [u8; 16],
+        from: &str,
+        name: String,
+        size: u64,
+    ) -> Result<()> {
+        if size > self.limits.direct_max_bytes {
+            self.event(Event::AttachmentRefused {
+                from: from.to_string(),
+                id: hex(&id),
+                name,
+                size,
+                limit: self.limits.direct_max_bytes,
+                relayed: false,
+            });
+            return Ok(());
+        }
+        let Some(peer) = self.store.contact(from)?.and_then(|c| c.peer_id) else {
+            return Ok(());
+        };
+        self.transfers.incoming.insert(id, Transfer::new(peer));
+        self.pump_transfer(&id)
+    }
+
     /// The sender's device connected: resumes what we were fetching from it.
     pub(super) fn resume_transfers(&mut self, peer: &str) -> Result<()> {
         let ids: Vec<[u8; 16]> = self
@@ -528,9 +575,10 @@ impl Engine {
                 "an attachment from {} did not match its sender's file; fetching it again",
                 record.peer
             ));
+            let from = attachment_source(self.store.as_ref(), &record)?.unwrap_or_default();
             let peer = self
                 .store
-                .contact(&record.peer)?
+                .contact(&from)?
                 .and_then(|c| c.peer_id)
                 .unwrap_or_default();
             self.write(vec![Op::PutAttachment(record)])?;
@@ -550,7 +598,11 @@ impl Engine {
         });
         self.transfers.unsynced.remove(&id);
         let have = record.have.clone();
-        let peer = self.store.contact(&record.peer)?.and_then(|c| c.peer_id);
+        // (A group's sender leaves nothing in relays: nothing to stop.)
+        let peer = match GroupId::from_conversation(&record.peer) {
+            Some(_) => None,
+            None => self.store.contact(&record.peer)?.and_then(|c| c.peer_id),
+        };
         self.write(vec![Op::PutAttachment(record)])?;
         // The sender stops leaving chunks in relays (sent after the flush of what it says).
         match peer {
@@ -709,9 +761,10 @@ impl Engine {
         self.transfers.served = record.clone();
         let allowed = record.as_ref().is_some_and(|r| {
             r.direction == Direction::Outgoing
-                && self
-                    .contact_by_peer(peer)
-                    .is_some_and(|c| c.phone == r.peer && !self.is_blocked(&c.phone))
+                && self.contact_by_peer(peer).is_some_and(|c| {
+                    (c.phone == r.peer || self.is_group_member(&r.peer, &c.phone))
+                        && !self.is_blocked(&c.phone)
+                })
         });
         let Some(record) = record.filter(|_| allowed) else {
             return self.respond(channel, Response::NotNow);

@@ -18,13 +18,15 @@
 //! a removed member holds nothing that opens what is sent afterwards. A message whose key has
 //! not arrived yet waits, durably, until it does.
 
+use super::attachment::layout_ok;
 use instaconnect_crypto::{chunk_hash, group_message_session_id, GroupReceiver, GroupSender};
+use instaconnect_wire::proto::AttachmentManifest;
 use instaconnect_wire::proto::{
     GroupBody, GroupCard, GroupState, GroupStateMember, MsgId, MAX_GROUP_CARDS, MAX_RECEIPT_IDS,
 };
 use instaconnect_wire::records::{
-    GroupId, GroupKeyRecord, GroupMember, GroupMessageRecord, GroupRecord, GroupSyncRecord, Role,
-    WaitingGroupMessage,
+    AttachmentRecord, GroupId, GroupKeyRecord, GroupMember, GroupMessageRecord, GroupRecord,
+    GroupSyncRecord, Role, WaitingGroupMessage,
 };
 
 use super::*;
@@ -453,6 +455,75 @@ impl Engine {
         if text.len() > MAX_TEXT_BYTES {
             return Err(EngineError::TooLong { len: text.len() });
         }
+        let msg_id = self.random_id();
+        let body = GroupBody::Text {
+            id: msg_id,
+            text: text.clone(),
+        };
+        self.send_group_body(id, msg_id, body, text, Vec::new(), now_ms)
+    }
+
+    /// Sends the file the blob store holds under `msg_id` (sealed as `manifest`) to a group.
+    /// Its members fetch the chunks from this device, which serves them to members only.
+    pub(super) fn send_group_attachment(
+        &mut self,
+        id: GroupId,
+        msg_id: MsgId,
+        manifest: AttachmentManifest,
+        now_ms: u64,
+    ) -> Result<String> {
+        manifest
+            .check()
+            .map_err(|e| EngineError::Attachment(e.to_string()))?;
+        if !layout_ok(&manifest) {
+            return Err(EngineError::Attachment(
+                "its layout does not match its size".into(),
+            ));
+        }
+        self.check_send_size(manifest.size)?;
+        if self.blobs.size(&msg_id)? != Some(manifest.size) {
+            return Err(EngineError::Attachment(
+                "its file is not in the attachment store".into(),
+            ));
+        }
+        if self.store.message(&msg_id)?.is_some() {
+            return Err(EngineError::Attachment("its message id is taken".into()));
+        }
+        let caption = manifest.caption.clone().unwrap_or_default();
+        let count = manifest.chunks.len();
+        let record = AttachmentRecord {
+            id: msg_id,
+            peer: id.conversation(),
+            direction: Direction::Outgoing,
+            manifest: manifest.clone(),
+            have: vec![0xff; count.div_ceil(8)],
+            complete: true,
+        };
+        let body = GroupBody::Attachment {
+            id: msg_id,
+            manifest,
+        };
+        self.send_group_body(
+            id,
+            msg_id,
+            body,
+            caption,
+            vec![Op::PutAttachment(record)],
+            now_ms,
+        )
+    }
+
+    /// Encrypts `body` (message `msg_id`, shown as `text`) with our sender key for the group
+    /// and queues it for every joined member, sharing the key first where needed.
+    fn send_group_body(
+        &mut self,
+        id: GroupId,
+        msg_id: MsgId,
+        body: GroupBody,
+        text: String,
+        mut ops: Vec<Op>,
+        now_ms: u64,
+    ) -> Result<String> {
         let me = self.account.phone.clone();
         let (g, mut sync) = self.group_parts(&id)?;
         if g.left {
@@ -510,18 +581,10 @@ impl Engine {
                 sync.shared_with.push(phone.clone());
             }
         }
-        let msg_id = self.random_id();
-        let ciphertext = sender.encrypt(
-            &GroupBody::Text {
-                id: msg_id,
-                text: text.clone(),
-            }
-            .encode()?,
-        );
+        let ciphertext = sender.encrypt(&body.encode()?);
         sync.sender = Some(SecretBytes::new(sender.to_pickle_bytes().to_vec()));
         let conv_key = id.conversation();
         let (mut msg, conv) = self.new_outgoing(&conv_key, msg_id, text, now_ms)?;
-        let mut ops = Vec::new();
         let mut states = Vec::new();
         let payload = Payload::GroupMessage {
             group: id.0,
@@ -646,6 +709,22 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// Whether `phone` is a member of the group whose conversation key is `conversation`, as
+    /// the state we hold says (and we are still in it).
+    pub(super) fn is_group_member(&self, conversation: &str, phone: &str) -> bool {
+        let Some(id) = GroupId::from_conversation(conversation) else {
+            return false;
+        };
+        let left = self.store.group(&id).ok().flatten().is_none_or(|g| g.left);
+        !left
+            && self
+                .store
+                .group_sync(&id)
+                .ok()
+                .flatten()
+                .is_some_and(|s| s.state.is_member(phone))
     }
 
     /// Whether `id` is a fan-out entry of a group message for the contact `phone`.
@@ -1026,8 +1105,14 @@ impl Engine {
             }
         };
         k.pickle = SecretBytes::new(receiver.to_pickle_bytes().to_vec());
-        let text = match GroupBody::decode(&opened.plaintext) {
-            Ok(GroupBody::Text { id: inner, text }) if inner == w.id => text,
+        let (text, manifest) = match GroupBody::decode(&opened.plaintext) {
+            Ok(GroupBody::Text { id: inner, text }) if inner == w.id => (text, None),
+            Ok(GroupBody::Attachment {
+                id: inner,
+                manifest,
+            }) if inner == w.id && layout_ok(&manifest) => {
+                (manifest.caption.clone().unwrap_or_default(), Some(manifest))
+            }
             _ => {
                 self.problem(format!("a group message from {} was malformed", w.from));
                 return self.write(vec![Op::PutGroupSync(sync)]);
@@ -1054,7 +1139,7 @@ impl Engine {
         conv.next_seq += 1;
         conv.unread = conv.unread.saturating_add(1);
         conv.last_activity_ms = now_ms;
-        self.write(vec![
+        let mut ops = vec![
             Op::PutMessage(m),
             Op::PutConversation(conv),
             Op::PutGroupMessage(GroupMessageRecord {
@@ -1064,15 +1149,30 @@ impl Engine {
                 states: Vec::new(),
             }),
             Op::PutGroupSync(sync),
-        ])?;
+        ];
+        let fetch = manifest.as_ref().map(|m| (m.name.clone(), m.size));
+        if let Some(manifest) = manifest {
+            ops.push(Op::PutAttachment(AttachmentRecord {
+                id: w.id,
+                peer: id.conversation(),
+                direction: Direction::Incoming,
+                manifest,
+                have: Vec::new(),
+                complete: false,
+            }));
+        }
+        self.write(ops)?;
         self.event(Event::GroupMessageReceived {
             group: id.to_hex(),
             name: g.name,
-            from: w.from,
+            from: w.from.clone(),
             id: hex(&w.id),
             text,
             sent_at_ms: w.sent_at_ms,
         });
+        if let Some((name, size)) = fetch {
+            self.fetch_group_attachment(w.id, &w.from, name, size)?;
+        }
         Ok(())
     }
 }
