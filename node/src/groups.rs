@@ -11,7 +11,7 @@ use serde_json::json;
 
 use crate::cli::Ctx;
 use crate::messaging::engine_command;
-use crate::output::{time, Out};
+use crate::output::Out;
 use crate::{usage, Failure};
 
 /// Sends the group's new state to its members after the address book changed it.
@@ -193,20 +193,7 @@ pub fn history(
             } else {
                 String::new()
             };
-            let attached = crate::messaging::attachment_line(store, &m.id)
-                .map(|a| {
-                    if m.text.is_empty() {
-                        a
-                    } else {
-                        format!("{a} ")
-                    }
-                })
-                .unwrap_or_default();
-            out.line(format!(
-                "{} {who}: {attached}{}{state}",
-                time(m.stored_at_ms),
-                m.text
-            ));
+            out.line(crate::messaging::message_line(store, m, &who, &state));
         }
     }
     if msgs

@@ -14,7 +14,7 @@ use instaconnect_crypto::MAX_ATTACHMENT_BYTES;
 use instaconnect_store::Blobs;
 use instaconnect_store::{SledStore, Store};
 use instaconnect_wire::proto::{AttachmentKind, MAX_ATTACHMENT_NAME_BYTES, MAX_THUMBNAIL_BYTES};
-use instaconnect_wire::records::{DeliveryState, Direction};
+use instaconnect_wire::records::{DeliveryState, Direction, MessageRecord};
 use rand::RngCore;
 use serde_json::json;
 
@@ -217,20 +217,7 @@ pub fn history(ctx: &Ctx<'_>, out: &mut Out, contact: &str) -> Result<(), Failur
             } else {
                 String::new()
             };
-            let attached = attachment_line(&store, &m.id)
-                .map(|a| {
-                    if m.text.is_empty() {
-                        a
-                    } else {
-                        format!("{a} ")
-                    }
-                })
-                .unwrap_or_default();
-            out.line(format!(
-                "{} {who}: {attached}{}{state}",
-                time(m.stored_at_ms),
-                m.text
-            ));
+            out.line(message_line(&store, m, who, &state));
         }
     }
     // Showing the conversation is reading it: receipts go out as the reader's privacy allows.
@@ -410,6 +397,25 @@ fn kind_name(k: AttachmentKind) -> &'static str {
 }
 
 /// The attachment of a message, for `history --json` (`null` if it has none).
+/// One message of a conversation as `history` prints it: time, sender, attachment, text and
+/// (for ours) the state.
+pub(crate) fn message_line(store: &SledStore, m: &MessageRecord, who: &str, state: &str) -> String {
+    let attached = attachment_line(store, &m.id)
+        .map(|a| {
+            if m.text.is_empty() {
+                a
+            } else {
+                format!("{a} ")
+            }
+        })
+        .unwrap_or_default();
+    format!(
+        "{} {who}: {attached}{}{state}",
+        time(m.stored_at_ms),
+        m.text
+    )
+}
+
 pub(crate) fn attachment_json(store: &SledStore, id: &[u8; 16]) -> serde_json::Value {
     match store.attachment(id).ok().flatten() {
         Some(a) => json!({

@@ -49,15 +49,13 @@ fn group_of(m: &mut Mesh, members: &[usize]) -> GroupId {
             "node {i} is invited: {:?}",
             m.nodes[i].events
         );
-        m.command(
-            i,
-            Command::AnswerGroup {
-                group: g.id,
-                accept: true,
-            },
-        );
+        answer(m, i, g.id, true);
     }
     g.id
+}
+
+fn answer(m: &mut Mesh, i: usize, group: GroupId, accept: bool) {
+    m.command(i, Command::AnswerGroup { group, accept });
 }
 
 fn send_group(m: &mut Mesh, i: usize, group: GroupId, text: &str) -> String {
@@ -247,20 +245,8 @@ fn a_declined_invitation_leaves_nothing_behind_and_the_others_see_it() {
         .unwrap()
         .id;
     m.command(0, Command::GroupChanged { group: g });
-    m.command(
-        1,
-        Command::AnswerGroup {
-            group: g,
-            accept: true,
-        },
-    );
-    m.command(
-        2,
-        Command::AnswerGroup {
-            group: g,
-            accept: false,
-        },
-    );
+    answer(&mut m, 1, g, true);
+    answer(&mut m, 2, g, false);
     assert!(m.nodes[2].engine.store().group(&g).unwrap().is_none());
     assert!(
         m.nodes[2]
@@ -487,20 +473,8 @@ fn a_member_linked_after_the_group_was_made_is_invited_then() {
         .events
         .iter()
         .any(|e| matches!(e, Event::GroupInvite { name, .. } if name == "Later")));
-    m.command(
-        1,
-        Command::AnswerGroup {
-            group: g,
-            accept: true,
-        },
-    );
-    m.command(
-        2,
-        Command::AnswerGroup {
-            group: g,
-            accept: true,
-        },
-    );
+    answer(&mut m, 1, g, true);
+    answer(&mut m, 2, g, true);
     send_group(&mut m, 2, g, "made it");
     assert!(shows(&m, 0, g, "made it") && shows(&m, 1, g, "made it"));
 }

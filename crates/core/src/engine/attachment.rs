@@ -221,6 +221,29 @@ impl Engine {
 
     /// Sends the file stored in the blob store under `id`, sealed as `manifest`
     /// ([`seal_attachment`]), to a contact. Returns the message id (hex).
+    /// An attachment we are about to send (to a contact or a group): a sound manifest within
+    /// our size limit, its file in the blob store, its message id free.
+    pub(super) fn check_outgoing(
+        &self,
+        id: &[u8; 16],
+        manifest: &AttachmentManifest,
+    ) -> Result<()> {
+        manifest
+            .check()
+            .map_err(|e| EngineError::Attachment(e.to_string()))?;
+        layout_of(manifest)?;
+        self.check_send_size(manifest.size)?;
+        if self.blobs.size(id)? != Some(manifest.size) {
+            return Err(EngineError::Attachment(
+                "its file is not in the attachment store".into(),
+            ));
+        }
+        if self.store.message(id)?.is_some() {
+            return Err(EngineError::Attachment("its message id is taken".into()));
+        }
+        Ok(())
+    }
+
     pub(super) fn send_attachment(
         &mut self,
         to: &str,
@@ -228,20 +251,8 @@ impl Engine {
         manifest: AttachmentManifest,
         now_ms: u64,
     ) -> Result<String> {
-        manifest
-            .check()
-            .map_err(|e| EngineError::Attachment(e.to_string()))?;
-        layout_of(&manifest)?;
-        self.check_send_size(manifest.size)?;
-        if self.blobs.size(&id)? != Some(manifest.size) {
-            return Err(EngineError::Attachment(
-                "its file is not in the attachment store".into(),
-            ));
-        }
+        self.check_outgoing(&id, &manifest)?;
         let peer = self.sendable(to)?;
-        if self.store.message(&id)?.is_some() {
-            return Err(EngineError::Attachment("its message id is taken".into()));
-        }
         let caption = manifest.caption.clone().unwrap_or_default();
         let (msg, conv) = self.new_outgoing(to, id, caption, now_ms)?;
         let payload = Payload::Attachment {

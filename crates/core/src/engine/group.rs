@@ -472,23 +472,7 @@ impl Engine {
         manifest: AttachmentManifest,
         now_ms: u64,
     ) -> Result<String> {
-        manifest
-            .check()
-            .map_err(|e| EngineError::Attachment(e.to_string()))?;
-        if !layout_ok(&manifest) {
-            return Err(EngineError::Attachment(
-                "its layout does not match its size".into(),
-            ));
-        }
-        self.check_send_size(manifest.size)?;
-        if self.blobs.size(&msg_id)? != Some(manifest.size) {
-            return Err(EngineError::Attachment(
-                "its file is not in the attachment store".into(),
-            ));
-        }
-        if self.store.message(&msg_id)?.is_some() {
-            return Err(EngineError::Attachment("its message id is taken".into()));
-        }
+        self.check_outgoing(&msg_id, &manifest)?;
         let caption = manifest.caption.clone().unwrap_or_default();
         let count = manifest.chunks.len();
         let record = AttachmentRecord {
@@ -907,6 +891,14 @@ impl Engine {
         Ok(())
     }
 
+    /// The network state of a group we are still in.
+    fn live_sync(&self, id: &GroupId) -> Result<Option<GroupSyncRecord>> {
+        if self.store.group(id)?.is_none_or(|g| g.left) {
+            return Ok(None);
+        }
+        Ok(self.store.group_sync(id)?)
+    }
+
     fn take_group_cards(
         &mut self,
         from: &str,
@@ -914,10 +906,10 @@ impl Engine {
         cards: Vec<GroupCard>,
         now_ms: u64,
     ) -> Result<()> {
-        let Some(mut sync) = self.store.group_sync(&id)? else {
+        let Some(mut sync) = self.live_sync(&id)? else {
             return Ok(());
         };
-        if !sync.state.is_admin(from) || self.store.group(&id)?.is_none_or(|g| g.left) {
+        if !sync.state.is_admin(from) {
             return Ok(());
         }
         let cards: Vec<GroupCard> = cards
@@ -1011,10 +1003,10 @@ impl Engine {
         share: &[u8],
         now_ms: u64,
     ) -> Result<()> {
-        let Some(mut sync) = self.store.group_sync(&id)? else {
+        let Some(mut sync) = self.live_sync(&id)? else {
             return Ok(());
         };
-        if !sync.state.is_member(from) || self.store.group(&id)?.is_none_or(|g| g.left) {
+        if !sync.state.is_member(from) {
             return Ok(());
         }
         let Ok(receiver) = GroupReceiver::from_key_share(sender, share) else {
