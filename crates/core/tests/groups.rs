@@ -54,6 +54,14 @@ fn group_of(m: &mut Mesh, members: &[usize]) -> GroupId {
     g.id
 }
 
+/// A message id from the hex a command returns.
+fn msg_id(hex: &str) -> [u8; 16] {
+    let bytes: Vec<u8> = (0..16)
+        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    bytes.try_into().unwrap()
+}
+
 fn answer(m: &mut Mesh, i: usize, group: GroupId, accept: bool) {
     m.command(i, Command::AnswerGroup { group, accept });
 }
@@ -204,11 +212,7 @@ fn each_members_delivery_and_read_state_is_tracked() {
     m.disconnect(0, 2);
     let id = send_group(&mut m, 0, g, "dinner at eight?");
     let rec = |m: &Mesh| {
-        let id: [u8; 16] = (0..16)
-            .map(|i| u8::from_str_radix(&id[2 * i..2 * i + 2], 16).unwrap())
-            .collect::<Vec<_>>()
-            .try_into()
-            .unwrap();
+        let id = msg_id(&id);
         m.nodes[0]
             .engine
             .store()
@@ -389,11 +393,7 @@ fn group_messages_reach_members_who_are_away_through_their_mailboxes() {
     );
     assert!(!shows(&m, 2, g, "the train leaves at six"));
     let states = |m: &Mesh| {
-        let id: [u8; 16] = (0..16)
-            .map(|i| u8::from_str_radix(&id[2 * i..2 * i + 2], 16).unwrap())
-            .collect::<Vec<_>>()
-            .try_into()
-            .unwrap();
+        let id = msg_id(&id);
         m.nodes[1]
             .engine
             .store()

@@ -507,7 +507,7 @@ impl Engine {
                 return self.pump_transfer(&id);
             }
         };
-        let Some(mut record) = self.transfer_record(&id)? else {
+        let Some(record) = self.transfer_record(&id)? else {
             self.transfers.incoming.remove(&id);
             return Ok(());
         };
@@ -548,10 +548,24 @@ impl Engine {
             }
         };
         self.blobs.write_at(&id, layout.offset(index), &plain)?;
+        self.chunk_stored(record, index, now_ms)?;
+        self.pump_transfer(&id)
+    }
+
+    /// Chunk `index` of `record`'s attachment is written to the blob: records it, and checks
+    /// and reports the whole file when it was the last, or reports progress.
+    fn chunk_stored(
+        &mut self,
+        mut record: AttachmentRecord,
+        index: u32,
+        now_ms: u64,
+    ) -> Result<()> {
+        let id = record.id;
+        let total = record.manifest.chunks.len();
         record.set(index as usize);
         let stored = record.stored();
-        let total = layout.count as usize;
         if stored == total {
+            // Whole: checked, reported, and the sender told (all after the flush).
             return self.finish_transfer(record, now_ms);
         }
         self.event(Event::AttachmentProgress {
@@ -564,8 +578,7 @@ impl Engine {
         if let Some(t) = self.transfers.incoming.get_mut(&id) {
             t.record = Some(record.clone());
         }
-        self.write(vec![Op::PutAttachment(record)])?;
-        self.pump_transfer(&id)
+        self.write(vec![Op::PutAttachment(record)])
     }
 
     /// Every chunk is in: checks the whole file, or starts over if it does not match (a chunk
@@ -660,7 +673,7 @@ impl Engine {
         {
             return Ok(());
         }
-        let Some(mut record) = self.transfer_record(&id)? else {
+        let Some(record) = self.transfer_record(&id)? else {
             self.transfers.incoming.remove(&id);
             return Ok(());
         };
@@ -697,24 +710,7 @@ impl Engine {
         };
         self.blobs.write_at(&id, layout.offset(index), &plain)?;
         self.transfers.unsynced.insert(id);
-        record.set(index as usize);
-        let stored = record.stored();
-        let total = layout.count as usize;
-        if stored == total {
-            // Whole: checked, reported, and the sender told (all after the flush).
-            return self.finish_transfer(record, now_ms);
-        }
-        self.event(Event::AttachmentProgress {
-            from: record.peer.clone(),
-            id: hex(&id),
-            stored: stored as u32,
-            total: total as u32,
-            size: record.manifest.size,
-        });
-        if let Some(t) = self.transfers.incoming.get_mut(&id) {
-            t.record = Some(record.clone());
-        }
-        self.write(vec![Op::PutAttachment(record)])
+        self.chunk_stored(record, index, now_ms)
     }
 
     /// Syncs the attachments written from relayed chunks, before the flush that lets the relay
