@@ -26,6 +26,7 @@ use instaconnect_wire::records::{
     ContactRequestRecord, ConversationRecord, DepositRecord, GroupId, GroupRecord, HeldMessage,
     MessageRecord, OutboxEntry, OwnMailbox, Profile, Settings,
 };
+use instaconnect_wire::records::{LocationRecord, PositionRecord};
 use instaconnect_wire::{SecretBytes, WireError};
 
 /// One write. A batch of them is applied all-or-nothing.
@@ -76,6 +77,12 @@ pub enum Op {
         peer: String,
         n: u64,
     },
+    /// A location message's location (by message id), inserted or replaced.
+    PutLocation(LocationRecord),
+    /// The device's own position.
+    PutPosition(PositionRecord),
+    /// Marks a message (by id) as forwarded.
+    MarkForwarded([u8; 16]),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -154,6 +161,14 @@ pub trait Store: Send + Sync {
     fn attachment(&self, id: &[u8; 16]) -> Result<Option<AttachmentRecord>>;
     /// Every attachment record, ordered by message id (transfers to resume).
     fn attachments(&self) -> Result<Vec<AttachmentRecord>>;
+    /// The location of a location message, by message id.
+    fn location(&self, id: &[u8; 16]) -> Result<Option<LocationRecord>>;
+    /// Every location record, ordered by message id (live shares to resume).
+    fn locations(&self) -> Result<Vec<LocationRecord>>;
+    /// The device's own position, if set.
+    fn position(&self) -> Result<Option<PositionRecord>>;
+    /// Whether a message (by id) was forwarded.
+    fn forwarded(&self, id: &[u8; 16]) -> Result<bool>;
 
     /// Applies the batch atomically and durably (flushed before returning).
     fn apply(&self, ops: Vec<Op>) -> Result<()> {

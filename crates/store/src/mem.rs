@@ -6,6 +6,7 @@ use instaconnect_wire::records::{
     ContactRequestRecord, ConversationRecord, DepositRecord, GroupId, GroupRecord, HeldMessage,
     MessageRecord, OutboxEntry, OwnMailbox, Profile, Settings,
 };
+use instaconnect_wire::records::{LocationRecord, PositionRecord};
 use instaconnect_wire::SecretBytes;
 
 use crate::{Op, Result, Store};
@@ -31,6 +32,9 @@ struct State {
     contact_mailboxes: BTreeMap<String, ContactMailboxes>,
     deposits: BTreeMap<([u8; 16], [u8; 32]), DepositRecord>,
     attachments: BTreeMap<[u8; 16], AttachmentRecord>,
+    locations: BTreeMap<[u8; 16], LocationRecord>,
+    position: Option<PositionRecord>,
+    forwarded: std::collections::BTreeSet<[u8; 16]>,
     /// (peer id, phone) of every contact linked to a device.
     contact_peers: std::collections::BTreeSet<(String, String)>,
 }
@@ -170,6 +174,22 @@ impl Store for MemStore {
         Ok(self.lock().attachments.values().cloned().collect())
     }
 
+    fn location(&self, id: &[u8; 16]) -> Result<Option<LocationRecord>> {
+        Ok(self.lock().locations.get(id).cloned())
+    }
+
+    fn locations(&self) -> Result<Vec<LocationRecord>> {
+        Ok(self.lock().locations.values().cloned().collect())
+    }
+
+    fn position(&self) -> Result<Option<PositionRecord>> {
+        Ok(self.lock().position)
+    }
+
+    fn forwarded(&self, id: &[u8; 16]) -> Result<bool> {
+        Ok(self.lock().forwarded.contains(id))
+    }
+
     fn flush(&self) -> Result<()> {
         Ok(())
     }
@@ -270,6 +290,13 @@ impl Store for MemStore {
                 }
                 Op::RemoveAttachment(id) => {
                     next.attachments.remove(&id);
+                }
+                Op::PutLocation(l) => {
+                    next.locations.insert(l.id, l);
+                }
+                Op::PutPosition(p) => next.position = Some(p),
+                Op::MarkForwarded(id) => {
+                    next.forwarded.insert(id);
                 }
             }
         }

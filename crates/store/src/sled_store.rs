@@ -6,6 +6,7 @@ use instaconnect_wire::records::{
     ContactRequestRecord, ConversationRecord, DepositRecord, GroupId, GroupRecord, HeldMessage,
     MessageRecord, OutboxEntry, OutboxPayload, OwnMailbox, Profile, Settings,
 };
+use instaconnect_wire::records::{LocationRecord, PositionRecord};
 use instaconnect_wire::{decode, encode, SecretBytes, SCHEMA_VERSION};
 use serde::de::DeserializeOwned;
 
@@ -39,6 +40,12 @@ const PREFIX_CONTACT_MAILBOXES: &[u8] = b"cmb/";
 const PREFIX_DEPOSIT: &[u8] = b"deposit/";
 /// `att/<message id>`: a message's attachment (manifest and which chunks are stored).
 const PREFIX_ATTACHMENT: &[u8] = b"att/";
+/// `loc/<message id>`: a location message's location (the latest, for a live one).
+const PREFIX_LOCATION: &[u8] = b"loc/";
+/// `fwd/<message id>` (empty): the message was forwarded.
+const PREFIX_FORWARDED: &[u8] = b"fwd/";
+/// The device's own position (`location set`).
+const KEY_POSITION: &[u8] = b"position";
 /// `cpeer/<peer id>/<phone>` -> empty: which contacts are linked to a device.
 const PREFIX_CONTACT_PEER: &[u8] = b"cpeer/";
 
@@ -310,6 +317,22 @@ impl Store for SledStore {
         self.scan(PREFIX_ATTACHMENT)
     }
 
+    fn location(&self, id: &[u8; 16]) -> Result<Option<LocationRecord>> {
+        self.get(&key(PREFIX_LOCATION, id))
+    }
+
+    fn locations(&self) -> Result<Vec<LocationRecord>> {
+        self.scan(PREFIX_LOCATION)
+    }
+
+    fn position(&self) -> Result<Option<PositionRecord>> {
+        self.get(KEY_POSITION)
+    }
+
+    fn forwarded(&self, id: &[u8; 16]) -> Result<bool> {
+        Ok(self.db.get(&key(PREFIX_FORWARDED, id))?.is_some())
+    }
+
     fn flush(&self) -> Result<()> {
         self.db.flush()?;
         Ok(())
@@ -402,6 +425,9 @@ impl Store for SledStore {
                 Op::RemoveDeposit(id, mailbox) => batch.remove(deposit_key(id, mailbox)),
                 Op::PutAttachment(a) => batch.insert(key(PREFIX_ATTACHMENT, &a.id), enc(a)?),
                 Op::RemoveAttachment(id) => batch.remove(key(PREFIX_ATTACHMENT, id)),
+                Op::PutLocation(l) => batch.insert(key(PREFIX_LOCATION, &l.id), enc(l)?),
+                Op::PutPosition(p) => batch.insert(KEY_POSITION, enc(p)?),
+                Op::MarkForwarded(id) => batch.insert(key(PREFIX_FORWARDED, id), &[][..]),
             }
         }
         self.db.stage(batch)?;
