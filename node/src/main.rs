@@ -9,6 +9,7 @@ mod control_file;
 mod daemon;
 mod files;
 mod home;
+mod location;
 mod messaging;
 mod output;
 mod relay;

@@ -51,6 +51,8 @@ fn engine_kind(e: &instaconnect_core::engine::Event) -> &'static str {
         E::AttachmentProgress { .. } => "attachment_progress",
         E::AttachmentReceived { .. } => "attachment_received",
         E::Problem { .. } => "problem",
+        E::LocationUpdated { .. } => "location_updated",
+        E::LocationEnded { .. } => "location_ended",
     }
 }
 

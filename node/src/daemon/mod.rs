@@ -136,6 +136,7 @@ async fn serve(
         db.clone(),
         blobs,
         config.network.clone(),
+        config.location.live_interval_ms,
         events,
         shutdown.clone(),
         driver,

@@ -27,6 +27,7 @@ pub async fn run(
     db: Db,
     blobs: Arc<instaconnect_store::DirBlobs>,
     config: NetworkConfig,
+    live_interval_ms: u64,
     events: Events,
     mut shutdown: Shutdown,
     slot: DriverSlot,
@@ -70,7 +71,8 @@ pub async fn run(
     rand::rngs::OsRng.fill_bytes(&mut rng_seed);
     let engine = Engine::new(store, rng_seed)
         .context("cannot start the messaging engine")?
-        .with_blobs(blobs);
+        .with_blobs(blobs)
+        .with_live_interval(live_interval_ms);
     let (handle, task) =
         driver::spawn_with_relays(engine, net.clone(), net_events, links, shutdown.watch());
     let mut user_events = handle.subscribe();
