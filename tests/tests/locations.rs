@@ -23,6 +23,7 @@ struct Pair {
     asha_events: Events,
     ravi_node: Node,
     ravi_events: Events,
+    /// Kept to the end: dropping a home deletes its data dir.
     _ravi: Home,
 }
 
@@ -111,7 +112,7 @@ fn live_location_stops_updating_after_location_stop_and_after_expiry() {
         asha_events,
         ravi_node,
         ravi_events,
-        ..
+        _ravi,
     } = linked();
 
     // Bad input is refused with a clear error, and the default privacy keeps live off.
