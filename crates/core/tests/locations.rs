@@ -66,8 +66,10 @@ fn share_live(m: &mut Mesh, from: usize, to: usize, minutes: u64) -> String {
     .unwrap()
 }
 
-/// Moves virtual time to `t`, firing every timer due on the way, in order.
+/// Moves virtual time to `t`, firing every timer due on the way, in order. A timer that stays
+/// due (a share that never ends) fails the test instead of hanging it.
 fn run_until(m: &mut Mesh, t: u64) {
+    let mut steps = 0;
     while let Some(next) = m
         .nodes
         .iter()
@@ -75,6 +77,8 @@ fn run_until(m: &mut Mesh, t: u64) {
         .min()
         .filter(|&n| n <= t)
     {
+        steps += 1;
+        assert!(steps < 10_000, "timers keep firing at {next}");
         m.now = m.now.max(next);
         let now = m.now;
         for n in &mut m.nodes {
