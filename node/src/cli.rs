@@ -88,7 +88,7 @@ pub enum Cmd {
         contact: String,
         /// The message, or an attachment's caption (several words are joined with spaces; put
         /// text that starts with - after --)
-        #[arg(num_args = 0.., required_unless_present_any = ["photo", "video", "voice", "file"])]
+        #[arg(num_args = 0.., required_unless_present_any = ["photo", "video", "voice", "file", "location", "live"])]
         text: Vec<String>,
         /// Send a photo (PNG, JPEG or WebP): its size and a thumbnail go with it
         #[arg(long, value_name = "FILE", group = "attachment")]
@@ -106,6 +106,20 @@ pub enum Cmd {
         /// bar (needs the running node; Ctrl-C stops waiting, not the transfer)
         #[arg(long, requires = "attachment")]
         wait: bool,
+        /// Send a location: LAT,LON in decimal degrees, e.g. 52.52,13.405 (no text with it)
+        #[arg(
+            long,
+            value_name = "LAT,LON",
+            group = "attachment",
+            allow_hyphen_values = true,
+            conflicts_with = "text"
+        )]
+        location: Option<String>,
+        /// Share your live location for MINUTES (1 to 480): your position (--location, else
+        /// `location set`) goes now and again at every interval until then or `location stop`;
+        /// needs `privacy set location contacts` (or everyone)
+        #[arg(long, value_name = "MINUTES", value_parser = clap::value_parser!(u64).range(1..=480), conflicts_with_all = ["photo", "video", "voice", "file", "text"])]
+        live: Option<u64>,
     },
     /// Received photos, videos, voice messages and files
     #[command(subcommand)]
@@ -144,6 +158,16 @@ pub enum Cmd {
         /// Print only the link, no QR code
         #[arg(long)]
         no_qr: bool,
+    },
+    /// Your position, and live locations you share (see `send --location`, `send --live`)
+    #[command(subcommand)]
+    Location(LocationCmd),
+    /// Forward a message (text, location or attachment) to a contact: it shows as forwarded
+    Forward {
+        /// The message id (`instaconnect history CONTACT --json`)
+        id: String,
+        /// Phone number or contact name
+        contact: String,
     },
     /// Export the whole account as one JSON file
     Export {
@@ -385,6 +409,23 @@ pub enum AttachmentsCmd {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum LocationCmd {
+    /// Set this device's current position (there is no GPS): what live locations send at each
+    /// update and what `nearby` measures from. LAT,LON in decimal degrees
+    Set {
+        #[arg(value_name = "LAT,LON", allow_hyphen_values = true)]
+        position: String,
+    },
+    /// Stop sharing your live location: with one contact, or with everyone
+    Stop {
+        /// Phone number or contact name (default: every live location)
+        contact: Option<String>,
+    },
+    /// Show your position and the live locations you share
+    Show,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum PrivacyCmd {
     /// Set who sees a field: phone, name, picture, status, online, receipts or location
@@ -525,6 +566,10 @@ impl Cli {
             Cmd::Chat { .. } => "chat",
             Cmd::Nearby => "nearby",
             Cmd::Sim(_) => "sim",
+            Cmd::Location(LocationCmd::Set { .. }) => "location set",
+            Cmd::Location(LocationCmd::Stop { .. }) => "location stop",
+            Cmd::Location(LocationCmd::Show) => "location show",
+            Cmd::Forward { .. } => "forward",
         }
     }
 
@@ -551,6 +596,8 @@ impl Cli {
                 Cmd::Privacy(p) => matches!(p, PrivacyCmd::Set { .. }),
                 // An invite persists the device's one-time key state.
                 Cmd::Invite { .. } => true,
+                Cmd::Location(l) => !matches!(l, LocationCmd::Show),
+                Cmd::Forward { .. } => true,
             }
     }
 }
@@ -739,6 +786,8 @@ pub fn execute(cli: Cli, home: &Home, source: Source<'_>, out: &mut Out) -> Resu
             voice,
             file,
             wait,
+            location,
+            live,
         } => {
             if wait {
                 let store = ctx.open()?;
@@ -747,6 +796,15 @@ pub fn execute(cli: Cli, home: &Home, source: Source<'_>, out: &mut Out) -> Resu
                         "--wait follows one contact's transfer; in a group each member fetches it (see `instaconnect history {contact}`)"
                     )));
                 }
+            }
+            if location.is_some() || live.is_some() {
+                return crate::location::send_location(
+                    &ctx,
+                    out,
+                    &contact,
+                    location.as_deref(),
+                    live,
+                );
             }
             let attached = [
                 (AttachmentKind::Photo, photo),
@@ -805,6 +863,8 @@ pub fn execute(cli: Cli, home: &Home, source: Source<'_>, out: &mut Out) -> Resu
             "`chat` is interactive: run it in a terminal (`instaconnect chat CONTACT`)"
         ))),
         Cmd::Nearby => crate::messaging::nearby(&ctx, out),
+        Cmd::Location(l) => crate::location::location(&ctx, out, l),
+        Cmd::Forward { id, contact } => crate::location::forward(&ctx, out, &id, &contact),
         Cmd::Sim(_) => Err(usage(anyhow!(
             "`sim` runs in the CLI process, not in the node: run it from a terminal"
         ))),

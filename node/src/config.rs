@@ -23,6 +23,7 @@ pub struct NodeConfig {
     pub control: ControlConfig,
     pub log: LogConfig,
     pub attachments: AttachmentsConfig,
+    pub location: LocationConfig,
 }
 
 /// How large attachments may be, sent or received.
@@ -80,6 +81,26 @@ impl AttachmentsConfig {
         }
     }
 }
+
+/// Live locations.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LocationConfig {
+    /// How often a live location sends the device's position, in milliseconds (100 to
+    /// 3,600,000).
+    pub live_interval_ms: u64,
+}
+
+impl Default for LocationConfig {
+    fn default() -> Self {
+        LocationConfig {
+            live_interval_ms: instaconnect_core::engine::DEFAULT_LIVE_INTERVAL_MS,
+        }
+    }
+}
+
+/// Longest live-location interval accepted in the config.
+const MAX_LIVE_INTERVAL_MS: u64 = 60 * 60 * 1000;
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -163,6 +184,14 @@ impl NodeConfig {
                 check_all(&c.network.peers, &origin("network.peers"))?;
                 check_relays(&c.network.relays, &origin("network.relays"))?;
                 c.attachments.check(&path.display().to_string())?;
+                let interval = c.location.live_interval_ms;
+                let min = instaconnect_core::engine::MIN_LIVE_INTERVAL_MS;
+                if !(min..=MAX_LIVE_INTERVAL_MS).contains(&interval) {
+                    return Err(usage(anyhow!(
+                        "invalid location.live_interval_ms in {}: {interval} (expected {min} to {MAX_LIVE_INTERVAL_MS} milliseconds)",
+                        path.display()
+                    )));
+                }
                 c
             }
         };

@@ -10,6 +10,7 @@ mod daemon;
 mod files;
 mod groups;
 mod home;
+mod location;
 mod messaging;
 mod output;
 mod progress;

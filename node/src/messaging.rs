@@ -9,6 +9,7 @@ use instaconnect_core::book::Book;
 use std::path::Path;
 
 use instaconnect_core::engine::{seal_attachment, AttachmentMeta, Command, Engine, EngineError};
+use instaconnect_core::geo;
 use instaconnect_crypto::ContactCard;
 use instaconnect_crypto::MAX_ATTACHMENT_BYTES;
 use instaconnect_store::Blobs;
@@ -25,7 +26,7 @@ use crate::{usage, Failure};
 /// Longest preview of a message in `inbox`.
 const PREVIEW_CHARS: usize = 60;
 
-fn engine_failure(e: EngineError) -> Failure {
+pub(crate) fn engine_failure(e: EngineError) -> Failure {
     match e {
         EngineError::Store(_)
         | EngineError::Crypto(_)
@@ -114,7 +115,7 @@ pub fn send(ctx: &Ctx<'_>, out: &mut Out, contact: &str, text: String) -> Result
     Ok(())
 }
 
-fn id_state(store: &SledStore, id: &str) -> Option<DeliveryState> {
+pub(crate) fn id_state(store: &SledStore, id: &str) -> Option<DeliveryState> {
     let bytes: Vec<u8> = (0..id.len())
         .step_by(2)
         .filter_map(|i| u8::from_str_radix(id.get(i..i + 2)?, 16).ok())
@@ -174,7 +175,7 @@ pub fn inbox(ctx: &Ctx<'_>, out: &mut Out) -> Result<(), Failure> {
     Ok(())
 }
 
-fn hex(id: &[u8; 16]) -> String {
+pub(crate) fn hex(id: &[u8; 16]) -> String {
     id.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -182,6 +183,7 @@ pub fn history(ctx: &Ctx<'_>, out: &mut Out, contact: &str) -> Result<(), Failur
     let store = ctx.open()?;
     let c = Book::new(&*store).resolve_contact(contact, ctx.region.as_ref())?;
     let msgs = store.messages(&c.phone, 0)?;
+    let now = now_ms();
     if ctx.json {
         let v: Vec<_> = msgs
             .iter()
@@ -199,6 +201,8 @@ pub fn history(ctx: &Ctx<'_>, out: &mut Out, contact: &str) -> Result<(), Failur
                     "sent_at_ms": m.sent_at_ms,
                     "stored_at_ms": m.stored_at_ms,
                     "attachment": attachment_json(&store, &m.id),
+                    "location": crate::location::location_json(&store, &m.id, now),
+                    "forwarded": store.forwarded(&m.id).unwrap_or(false),
                 })
             })
             .collect();
@@ -354,8 +358,38 @@ pub fn nearby(ctx: &Ctx<'_>, out: &mut Out) -> Result<(), Failure> {
         .into_iter()
         .filter(|p| p.discovered || p.connected)
         .collect();
+    // Distances are measured from our position (`location set`) to the positions the others'
+    // privacy settings show us; ask for them again, for the next look.
+    let store = ctx.open()?;
+    let here = store.position()?.map(|p| p.location);
+    if here.is_some() {
+        tokio::runtime::Handle::current()
+            .block_on(driver.command(Command::RefreshNearby))
+            .map_err(|e| Failure::Failed(anyhow!("{e}")))?;
+    }
+    let away = |p: &instaconnect_core::engine::PeerView| {
+        let (here, there) = (here?, p.location?);
+        let bearing = geo::bearing_deg(&here, &there);
+        Some((
+            geo::distance_m(&here, &there),
+            bearing,
+            geo::compass_point(bearing),
+        ))
+    };
     if ctx.json {
-        out.json(&peers)?;
+        let v: Vec<serde_json::Value> = peers
+            .iter()
+            .map(|p| {
+                let mut j = serde_json::to_value(p).unwrap_or_default();
+                if let (Some((d, b, c)), Some(o)) = (away(p), j.as_object_mut()) {
+                    o.insert("distance_m".into(), json!(d.round()));
+                    o.insert("bearing_deg".into(), json!(b.round()));
+                    o.insert("compass".into(), json!(c));
+                }
+                j
+            })
+            .collect();
+        out.json(&v)?;
     } else if peers.is_empty() {
         out.line("nobody nearby yet");
     } else {
@@ -376,10 +410,30 @@ pub fn nearby(ctx: &Ctx<'_>, out: &mut Out) -> Result<(), Failure> {
                     } else {
                         p.last_online_ms.map(time).unwrap_or_else(|| "-".into())
                     },
+                    away(p)
+                        .map(|(d, _, _)| geo::format_distance(d))
+                        .unwrap_or_else(|| "-".into()),
+                    away(p)
+                        .map(|(_, b, c)| format!("{}° {c}", b.round() as u32 % 360))
+                        .unwrap_or_else(|| "-".into()),
                 ]
             })
             .collect();
-        out.table(&["PEER", "NAME", "PHONE", "CONTACT", "LAST SEEN"], &rows);
+        out.table(
+            &[
+                "PEER",
+                "NAME",
+                "PHONE",
+                "CONTACT",
+                "LAST SEEN",
+                "DISTANCE",
+                "BEARING",
+            ],
+            &rows,
+        );
+        if here.is_none() {
+            out.note("set your position with `instaconnect location set LAT,LON` to see how far away people are");
+        }
     }
     Ok(())
 }
@@ -409,10 +463,18 @@ pub(crate) fn message_line(store: &SledStore, m: &MessageRecord, who: &str, stat
             }
         })
         .unwrap_or_default();
+    let forwarded = if store.forwarded(&m.id).unwrap_or(false) {
+        "[forwarded] "
+    } else {
+        ""
+    };
+    let text = match store.location(&m.id).ok().flatten() {
+        Some(l) => crate::location::location_line(&l, now_ms()),
+        None => m.text.clone(),
+    };
     format!(
-        "{} {who}: {attached}{}{state}",
-        time(m.stored_at_ms),
-        m.text
+        "{} {who}: {forwarded}{attached}{text}{state}",
+        time(m.stored_at_ms)
     )
 }
 
@@ -751,7 +813,7 @@ fn copy_out(blobs: &dyn Blobs, id: &[u8; 16], size: u64, path: &Path) -> anyhow:
     result
 }
 
-fn parse_id(id: &str) -> Result<[u8; 16], Failure> {
+pub(crate) fn parse_id(id: &str) -> Result<[u8; 16], Failure> {
     let bytes: Option<Vec<u8>> = (0..id.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(id.get(i..i + 2)?, 16).ok())

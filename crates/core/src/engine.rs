@@ -21,11 +21,16 @@
 
 mod attachment;
 mod group;
+mod location;
 mod mailbox;
 mod upload;
 
 pub use attachment::{
     seal_attachment, AttachmentMeta, CHUNK_WINDOW, MAX_BAD_CHUNKS, MAX_FAILED_PARTS,
+};
+pub use location::{
+    location_text, DEFAULT_LIVE_INTERVAL_MS, MAX_INCOMING_LIVE, MAX_LIVE_MS, MAX_LIVE_SHARES,
+    MIN_LIVE_INTERVAL_MS, MIN_LIVE_MS,
 };
 pub use upload::{AttachmentLimits, UPLOAD_BATCH, UPLOAD_WINDOW};
 
@@ -201,6 +206,30 @@ pub enum Command {
     },
     /// The user has seen the group's conversation: mark read, send receipts if allowed.
     MarkGroupRead { group: GroupId },
+    /// Send a location to a contact (E.164): `location`, else the device's position
+    /// ([`Command::SetPosition`]); live for `live_ms` if given (updated from the device's
+    /// position until it ends or is stopped; needs the `location` privacy setting).
+    SendLocation {
+        to: String,
+        location: Option<instaconnect_wire::proto::Location>,
+        live_ms: Option<u64>,
+    },
+    /// Stop our live locations: to one contact (E.164), or all. Returns how many were running.
+    StopLocation { to: Option<String> },
+    /// The device's current position: what live locations send, and `nearby` measures from.
+    SetPosition {
+        location: instaconnect_wire::proto::Location,
+    },
+    /// Forward message `id` to contact `to` (E.164), marked forwarded. For an attachment, the
+    /// shell first copies its file in the blob store under a new id and seals it afresh
+    /// ([`seal_attachment`]): `attachment` is that id and manifest.
+    Forward {
+        id: [u8; 16],
+        to: String,
+        attachment: Option<Box<([u8; 16], instaconnect_wire::proto::AttachmentManifest)>>,
+    },
+    /// Ask the devices around for their positions again (for `nearby`; only while ours is set).
+    RefreshNearby,
 }
 
 /// What the engine asks the shell to do.
@@ -348,6 +377,19 @@ pub enum Event {
         limit: u64,
         relayed: bool,
     },
+    /// A contact's live location `id` moved.
+    LocationUpdated {
+        from: String,
+        id: String,
+        location: instaconnect_wire::proto::Location,
+    },
+    /// A live location `id` (a contact's, or ours to them) ended: `stopped` by its sender, or
+    /// expired.
+    LocationEnded {
+        peer: String,
+        id: String,
+        stopped: bool,
+    },
 }
 
 fn state_label<S: serde::Serializer>(
@@ -403,6 +445,12 @@ pub enum EngineError {
     Wire(#[from] instaconnect_wire::WireError),
     #[error("the attachment is {size} bytes, more than this device's limit of {limit} bytes")]
     AttachmentTooLarge { size: u64, limit: u64 },
+    #[error("cannot share the location: {0}")]
+    Location(String),
+    #[error("no message with id {0}")]
+    UnknownMessage(String),
+    #[error("cannot forward this message: {0}")]
+    Forward(String),
 }
 
 pub type Result<T> = std::result::Result<T, EngineError>;
@@ -426,6 +474,9 @@ pub struct PeerView {
     pub profile: Option<ProfileView>,
     /// Our contact linked to this device, if any.
     pub contact: Option<String>,
+    /// The position the device showed us (its privacy permitting), and when we heard it.
+    pub location: Option<instaconnect_wire::proto::Location>,
+    pub location_at_ms: Option<u64>,
 }
 
 /// What the engine keeps of a device in its peer table: a [`PeerView`] without the peer id
@@ -441,6 +492,8 @@ struct PeerInfo {
     last_seen_ms: u64,
     profile: Option<Box<ProfileView>>,
     contact: Option<Box<str>>,
+    /// The position it showed us, and when.
+    location: Option<Box<(instaconnect_wire::proto::Location, u64)>>,
 }
 
 impl PeerInfo {
@@ -455,6 +508,8 @@ impl PeerInfo {
             last_seen_ms: self.last_seen_ms,
             profile: self.profile.as_deref().cloned(),
             contact: self.contact.as_deref().map(str::to_string),
+            location: self.location.as_deref().map(|(l, _)| *l),
+            location_at_ms: self.location.as_deref().map(|(_, at)| *at),
         }
     }
 }
@@ -559,6 +614,8 @@ enum Pending {
         index: u32,
         offset: u32,
     },
+    /// A device's position, for `nearby`.
+    Location,
 }
 
 /// The engine of one device. See the module docs.
@@ -613,6 +670,8 @@ pub struct Engine {
     uploads: upload::Uploads,
     /// The largest attachments sent or taken, directly and through relays.
     limits: AttachmentLimits,
+    /// Live locations: ours running, and the incoming ones whose end is timed.
+    live: location::Live,
 }
 
 fn earliest(a: Option<u64>, b: Option<u64>) -> Option<u64> {
@@ -646,6 +705,7 @@ impl Engine {
         let transfers = attachment::Transfers::load(store.as_ref())?;
         let fanout = group::Fanout::load(store.as_ref())?;
         let uploads = upload::Uploads::load(store.as_ref())?;
+        let live = location::Live::load(store.as_ref())?;
         let mut held = HeldTexts::default();
         for h in store.held()? {
             held.by_conversation
@@ -683,6 +743,7 @@ impl Engine {
             fanout,
             uploads,
             limits: AttachmentLimits::default(),
+            live,
         })
     }
 
@@ -851,7 +912,7 @@ impl Engine {
         for phone in self.held.by_conversation.keys() {
             next = earliest(next, self.held.since(phone).map(|s| s + GAP_TIMEOUT_MS));
         }
-        earliest(next, self.upload_timeout())
+        earliest(earliest(next, self.upload_timeout()), self.live.next_due())
     }
 
     /// Retries envelopes whose backoff has passed and shows texts whose gap timed out.
@@ -877,6 +938,9 @@ impl Engine {
             if let Err(e) = self.release_held(&phone, true, now_ms) {
                 self.problem(format!("held texts from {phone}: {e}"));
             }
+        }
+        if let Err(e) = self.tick_live(now_ms) {
+            self.problem(format!("live location: {e}"));
         }
     }
 
@@ -1150,7 +1214,12 @@ impl Engine {
                 let tag = self.tag();
                 self.pending.insert(tag, (peer.clone(), Pending::Profile));
                 let frame = Request::Profile.encode()?;
-                self.staged.push(Output::Request { peer, tag, frame });
+                self.staged.push(Output::Request {
+                    peer: peer.clone(),
+                    tag,
+                    frame,
+                });
+                self.ask_location(&peer)?;
                 Ok(None)
             }
             Command::SendAttachment { to, id, manifest } => {
@@ -1177,6 +1246,25 @@ impl Engine {
                 .map(Some),
             Command::MarkGroupRead { group } => {
                 self.mark_group_read(group, now_ms)?;
+                Ok(None)
+            }
+            Command::SendLocation {
+                to,
+                location,
+                live_ms,
+            } => self.send_location(&to, location, live_ms, now_ms).map(Some),
+            Command::StopLocation { to } => self
+                .stop_live(to.as_deref(), now_ms)
+                .map(|n| Some(n.to_string())),
+            Command::SetPosition { location } => {
+                self.set_position(location, now_ms)?;
+                Ok(None)
+            }
+            Command::Forward { id, to, attachment } => self
+                .forward(id, &to, attachment.map(|a| *a), now_ms)
+                .map(Some),
+            Command::RefreshNearby => {
+                self.refresh_nearby()?;
                 Ok(None)
             }
         }
@@ -1797,6 +1885,12 @@ impl Engine {
                 offset,
                 len,
             } => self.on_chunk_request(peer, (id, index, offset, len), channel, now_ms),
+            Request::Location => {
+                let reply = self.location_for(peer)?;
+                // Acknowledges nothing stored: goes without waiting for a flush.
+                self.unacking.insert(channel);
+                self.respond(channel, Response::Location(reply))
+            }
         }
     }
 
@@ -2147,15 +2241,19 @@ impl Engine {
             | Payload::GroupRead { .. } => {
                 return self.take_group_payload(contact, sender, id, sent_at_ms, payload, now_ms);
             }
-            Payload::Location { .. } => {
-                // The format exists (issue 6); storing and showing it does not yet, and this
-                // build never sends one. Taken (not counted as misbehaviour) and reported.
+            Payload::Location { location, n } => {
+                return self.take_location(contact, id, sent_at_ms, location, n, ops, now_ms);
+            }
+            Payload::LocationUpdate {
+                share,
+                update,
+                location,
+            } => {
                 ops.push(Op::MarkSeen(id));
-                self.write(ops)?;
-                self.problem(format!(
-                    "{} sent a location, which this version cannot show yet",
-                    contact.phone
-                ));
+                self.take_location_update(contact, share, update, location, sent_at_ms, ops)?;
+            }
+            Payload::Forwarded { content, n } => {
+                return self.take_forwarded(peer, contact, id, sent_at_ms, content, n, ops, now_ms);
             }
             Payload::AttachmentHave {
                 id: attachment,
@@ -2320,7 +2418,13 @@ impl Engine {
                 };
                 self.on_chunk_part(id, index, offset, answer, now_ms)?
             }
-            (Pending::ContactRequest, _) | (Pending::Ephemeral, _) | (Pending::Profile, _) => {}
+            (Pending::Location, Some(Response::Location(l))) => {
+                self.on_location_reply(peer, l, now_ms)
+            }
+            (Pending::ContactRequest, _)
+            | (Pending::Ephemeral, _)
+            | (Pending::Profile, _)
+            | (Pending::Location, _) => {}
         }
         Ok(())
     }

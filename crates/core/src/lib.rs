@@ -10,12 +10,14 @@
 //! - [`book`]: the account, profile, address book, blocks, groups and privacy settings.
 //! - [`export`]: the documented JSON export of a whole account.
 //! - [`engine`]: the messaging engine (frames in, frames and events out).
+//! - [`geo`]: coordinates as typed, distances and bearings (for locations and `nearby`).
 //! - [`relay`]: the store-and-forward relay's mailbox logic (requests in, receipts out).
 
 pub mod book;
 pub mod csv_import;
 pub mod engine;
 pub mod export;
+pub mod geo;
 pub mod media;
 pub mod phone;
 pub mod picture;

@@ -27,6 +27,7 @@ use instaconnect_wire::records::{
     GroupRecord, GroupSyncRecord, HeldMessage, MessageRecord, OutboxEntry, OwnMailbox, Profile,
     Settings, UploadRecord,
 };
+use instaconnect_wire::records::{LocationRecord, PositionRecord};
 use instaconnect_wire::{SecretBytes, WireError};
 
 /// One write. A batch of them is applied all-or-nothing.
@@ -84,6 +85,12 @@ pub enum Op {
     PutUpload(UploadRecord),
     /// Forgets an upload, by message id.
     RemoveUpload([u8; 16]),
+    /// A location message's location (by message id), inserted or replaced.
+    PutLocation(LocationRecord),
+    /// The device's own position.
+    PutPosition(PositionRecord),
+    /// Marks a message (by id) as forwarded.
+    MarkForwarded([u8; 16]),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -168,6 +175,14 @@ pub trait Store: Send + Sync {
     fn group_message(&self, id: &[u8; 16]) -> Result<Option<GroupMessageRecord>>;
     /// Attachments we sent whose chunks go through relays, ordered by message id.
     fn uploads(&self) -> Result<Vec<UploadRecord>>;
+    /// The location of a location message, by message id.
+    fn location(&self, id: &[u8; 16]) -> Result<Option<LocationRecord>>;
+    /// Every location record, ordered by message id (live shares to resume).
+    fn locations(&self) -> Result<Vec<LocationRecord>>;
+    /// The device's own position, if set.
+    fn position(&self) -> Result<Option<PositionRecord>>;
+    /// Whether a message (by id) was forwarded.
+    fn forwarded(&self, id: &[u8; 16]) -> Result<bool>;
 
     /// Applies the batch atomically and durably (flushed before returning).
     fn apply(&self, ops: Vec<Op>) -> Result<()> {

@@ -7,6 +7,7 @@ use instaconnect_wire::records::{
     GroupRecord, GroupSyncRecord, HeldMessage, MessageRecord, OutboxEntry, OwnMailbox, Profile,
     Settings, UploadRecord,
 };
+use instaconnect_wire::records::{LocationRecord, PositionRecord};
 use instaconnect_wire::SecretBytes;
 
 use crate::{Op, Result, Store};
@@ -35,6 +36,9 @@ struct State {
     group_syncs: BTreeMap<GroupId, GroupSyncRecord>,
     group_messages: BTreeMap<[u8; 16], GroupMessageRecord>,
     uploads: BTreeMap<[u8; 16], UploadRecord>,
+    locations: BTreeMap<[u8; 16], LocationRecord>,
+    position: Option<PositionRecord>,
+    forwarded: std::collections::BTreeSet<[u8; 16]>,
     /// (peer id, phone) of every contact linked to a device.
     contact_peers: std::collections::BTreeSet<(String, String)>,
 }
@@ -186,6 +190,22 @@ impl Store for MemStore {
         Ok(self.lock().uploads.values().cloned().collect())
     }
 
+    fn location(&self, id: &[u8; 16]) -> Result<Option<LocationRecord>> {
+        Ok(self.lock().locations.get(id).cloned())
+    }
+
+    fn locations(&self) -> Result<Vec<LocationRecord>> {
+        Ok(self.lock().locations.values().cloned().collect())
+    }
+
+    fn position(&self) -> Result<Option<PositionRecord>> {
+        Ok(self.lock().position)
+    }
+
+    fn forwarded(&self, id: &[u8; 16]) -> Result<bool> {
+        Ok(self.lock().forwarded.contains(id))
+    }
+
     fn flush(&self) -> Result<()> {
         Ok(())
     }
@@ -301,6 +321,13 @@ impl Store for MemStore {
                 }
                 Op::RemoveUpload(id) => {
                     next.uploads.remove(&id);
+                }
+                Op::PutLocation(l) => {
+                    next.locations.insert(l.id, l);
+                }
+                Op::PutPosition(p) => next.position = Some(p),
+                Op::MarkForwarded(id) => {
+                    next.forwarded.insert(id);
                 }
             }
         }

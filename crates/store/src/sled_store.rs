@@ -7,6 +7,7 @@ use instaconnect_wire::records::{
     GroupRecord, GroupSyncRecord, HeldMessage, MessageRecord, OutboxEntry, OutboxPayload,
     OwnMailbox, Profile, Settings, UploadRecord,
 };
+use instaconnect_wire::records::{LocationRecord, PositionRecord};
 use instaconnect_wire::{decode, encode, SecretBytes, SCHEMA_VERSION};
 use serde::de::DeserializeOwned;
 
@@ -46,6 +47,12 @@ const PREFIX_GROUP_SYNC: &[u8] = b"gsync/";
 const PREFIX_GROUP_MESSAGE: &[u8] = b"gmsg/";
 /// `upload/<message id>`: which chunks of an attachment we sent relays hold for its recipient.
 const PREFIX_UPLOAD: &[u8] = b"upload/";
+/// `loc/<message id>`: a location message's location (the latest, for a live one).
+const PREFIX_LOCATION: &[u8] = b"loc/";
+/// `fwd/<message id>` (empty): the message was forwarded.
+const PREFIX_FORWARDED: &[u8] = b"fwd/";
+/// The device's own position (`location set`).
+const KEY_POSITION: &[u8] = b"position";
 /// `cpeer/<peer id>/<phone>` -> empty: which contacts are linked to a device.
 const PREFIX_CONTACT_PEER: &[u8] = b"cpeer/";
 
@@ -329,6 +336,22 @@ impl Store for SledStore {
         self.scan(PREFIX_UPLOAD)
     }
 
+    fn location(&self, id: &[u8; 16]) -> Result<Option<LocationRecord>> {
+        self.get(&key(PREFIX_LOCATION, id))
+    }
+
+    fn locations(&self) -> Result<Vec<LocationRecord>> {
+        self.scan(PREFIX_LOCATION)
+    }
+
+    fn position(&self) -> Result<Option<PositionRecord>> {
+        self.get(KEY_POSITION)
+    }
+
+    fn forwarded(&self, id: &[u8; 16]) -> Result<bool> {
+        Ok(self.db.get(&key(PREFIX_FORWARDED, id))?.is_some())
+    }
+
     fn flush(&self) -> Result<()> {
         self.db.flush()?;
         Ok(())
@@ -426,6 +449,9 @@ impl Store for SledStore {
                 Op::PutGroupMessage(m) => batch.insert(key(PREFIX_GROUP_MESSAGE, &m.id), enc(m)?),
                 Op::PutUpload(u) => batch.insert(key(PREFIX_UPLOAD, &u.id), enc(u)?),
                 Op::RemoveUpload(id) => batch.remove(key(PREFIX_UPLOAD, id)),
+                Op::PutLocation(l) => batch.insert(key(PREFIX_LOCATION, &l.id), enc(l)?),
+                Op::PutPosition(p) => batch.insert(KEY_POSITION, enc(p)?),
+                Op::MarkForwarded(id) => batch.insert(key(PREFIX_FORWARDED, id), &[][..]),
             }
         }
         self.db.stage(batch)?;

@@ -169,6 +169,38 @@ fn op() -> impl Strategy<Value = Op> {
     ]
     .boxed()
     .prop_union(relay_op().boxed())
+    .or(location_op().boxed())
+}
+
+/// Locations, the device's position and forwarded marks.
+fn location_op() -> impl Strategy<Value = Op> {
+    let place =
+        (-900i32..=900, -1800i32..=1800, any::<Option<u64>>()).prop_map(|(lat, lon, until)| {
+            instaconnect_wire::proto::Location {
+                lat_e7: lat * 1_000_000,
+                lon_e7: lon * 1_000_000,
+                accuracy_m: None,
+                live_until_ms: until,
+            }
+        });
+    prop_oneof![
+        (0u8..6, phone(), place.clone(), any::<u64>(), any::<bool>()).prop_map(
+            |(id, peer, location, updates, stopped)| Op::PutLocation(LocationRecord {
+                id: [id; 16],
+                peer,
+                direction: Direction::Outgoing,
+                location,
+                updated_at_ms: 5,
+                updates,
+                stopped,
+            })
+        ),
+        (place, any::<u64>()).prop_map(|(location, set_at_ms)| Op::PutPosition(PositionRecord {
+            location,
+            set_at_ms
+        })),
+        (0u8..6).prop_map(|id| Op::MarkForwarded([id; 16])),
+    ]
 }
 
 /// Mailboxes and deposits (the device side of relays).
@@ -300,6 +332,8 @@ fn snapshot(s: &dyn Store) -> String {
     out.push_str(&format!("\n{:?}", s.deposits().unwrap()));
     out.push_str(&format!("\n{:?}", s.attachments().unwrap()));
     out.push_str(&format!("\n{:?}", s.uploads().unwrap()));
+    out.push_str(&format!("\n{:?}", s.locations().unwrap()));
+    out.push_str(&format!("\n{:?}", s.position().unwrap()));
     for i in 0u8..6 {
         let p = format!("+9198123456{i:02}");
         out.push_str(&format!("\n{:?}", s.messages(&p, 0).unwrap()));
@@ -308,6 +342,8 @@ fn snapshot(s: &dyn Store) -> String {
         out.push_str(&format!("\n{:?}", s.seen(&[i; 16]).unwrap()));
         out.push_str(&format!("\n{:?}", s.attachment(&[i; 16]).unwrap()));
         out.push_str(&format!("\n{:?}", s.group_message(&[i; 16]).unwrap()));
+        out.push_str(&format!("\n{:?}", s.location(&[i; 16]).unwrap()));
+        out.push_str(&format!("\n{:?}", s.forwarded(&[i; 16]).unwrap()));
     }
     for i in 0u8..4 {
         out.push_str(&format!("\n{:?}", s.group_sync(&GroupId([i; 16])).unwrap()));

@@ -52,6 +52,9 @@ pub enum Request {
         offset: u32,
         len: u32,
     },
+    /// Ask for the responder's current position, if its `location` privacy setting shows it to
+    /// the requester (for `nearby`). Answered with [`Response::Location`].
+    Location,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,6 +77,9 @@ pub enum Response {
     UnsupportedVersion { supported: u16 },
     /// The part of a sealed attachment chunk a [`Request::Chunk`] asked for.
     Chunk(#[serde(with = "crate::secret::serde_bytes_compat")] Vec<u8>),
+    /// The responder's position as its privacy lets the requester see it (`None`: not shown,
+    /// or not known).
+    Location(Option<Location>),
 }
 
 /// Largest part of a sealed attachment chunk one [`Request::Chunk`] asks for (a frame must
@@ -183,6 +189,25 @@ pub enum Payload {
         #[serde(with = "crate::secret::serde_bytes_compat")]
         have: Vec<u8>,
     },
+    /// An update of a live location: `share` is the id of the `Location` message that started
+    /// it, `update` counts the updates of that share 1, 2, 3... (the receiver keeps the
+    /// highest); `None` ends the share (the sender stopped it).
+    LocationUpdate {
+        share: MsgId,
+        update: u64,
+        location: Option<Location>,
+    },
+    /// A message the sender forwards (shown as forwarded), numbered with the texts (`n`).
+    Forwarded { content: ForwardedContent, n: u64 },
+}
+
+/// What a forwarded message carries: a text, a location (a live one is forwarded as the
+/// place it showed, not live), or an attachment (sealed afresh under a new key).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ForwardedContent {
+    Text(String),
+    Location(Location),
+    Attachment(AttachmentManifest),
 }
 
 /// Most members of a group, the creator included.
@@ -504,6 +529,9 @@ impl Response {
                     max: MAX_CHUNK_PART_BYTES,
                 })
             }
+            Response::Location(Some(l)) if !l.is_valid() => {
+                Err(ProtoError::Invalid("location off the globe"))
+            }
             _ => Ok(r),
         }
     }
@@ -566,9 +594,27 @@ impl Payload {
                 Ok(p)
             }
             Payload::Attachment { manifest, .. } => manifest.check().map(|()| p),
-            Payload::Location { location, .. } if !location.is_valid() => {
-                Err(ProtoError::Invalid("location off the globe"))
+            Payload::Location { location, .. }
+            | Payload::LocationUpdate {
+                location: Some(location),
+                ..
             }
+            | Payload::Forwarded {
+                content: ForwardedContent::Location(location),
+                ..
+            } if !location.is_valid() => Err(ProtoError::Invalid("location off the globe")),
+            Payload::Forwarded {
+                content: ForwardedContent::Text(text),
+                ..
+            } if text.len() > MAX_TEXT_BYTES => Err(ProtoError::TooLarge {
+                what: "text",
+                len: text.len(),
+                max: MAX_TEXT_BYTES,
+            }),
+            Payload::Forwarded {
+                content: ForwardedContent::Attachment(manifest),
+                ..
+            } => manifest.check().map(|()| p),
             Payload::GroupUpdate { state } => state.check().map(|()| p),
             Payload::GroupCards { cards, .. } => {
                 if cards.len() > MAX_GROUP_CARDS {
@@ -926,6 +972,79 @@ mod tests {
                 other => panic!("{what}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn live_updates_forwards_and_location_answers_are_checked() {
+        let here = Location {
+            lat_e7: 525_200_000,
+            lon_e7: 134_050_000,
+            accuracy_m: None,
+            live_until_ms: None,
+        };
+        let off = Location {
+            lon_e7: -1_800_000_001,
+            ..here
+        };
+        let good = [
+            Payload::LocationUpdate {
+                share: [1; 16],
+                update: 3,
+                location: Some(here),
+            },
+            Payload::LocationUpdate {
+                share: [1; 16],
+                update: 4,
+                location: None,
+            },
+            Payload::Forwarded {
+                content: ForwardedContent::Text("hi".into()),
+                n: 2,
+            },
+            Payload::Forwarded {
+                content: ForwardedContent::Location(here),
+                n: 3,
+            },
+            Payload::Forwarded {
+                content: ForwardedContent::Attachment(manifest()),
+                n: 4,
+            },
+        ];
+        for p in good {
+            assert_eq!(Payload::decode(&p.encode().unwrap()).unwrap(), p);
+        }
+        let mut m = manifest();
+        m.chunks.clear();
+        let bad = [
+            Payload::LocationUpdate {
+                share: [1; 16],
+                update: 1,
+                location: Some(off),
+            },
+            Payload::Forwarded {
+                content: ForwardedContent::Location(off),
+                n: 1,
+            },
+            Payload::Forwarded {
+                content: ForwardedContent::Text("x".repeat(MAX_TEXT_BYTES + 1)),
+                n: 1,
+            },
+            Payload::Forwarded {
+                content: ForwardedContent::Attachment(m),
+                n: 1,
+            },
+        ];
+        for p in bad {
+            assert!(Payload::decode(&p.encode().unwrap()).is_err(), "{p:?}");
+        }
+        let r = Request::Location;
+        assert_eq!(Request::decode(&r.encode().unwrap()).unwrap(), r);
+        let a = Response::Location(Some(here));
+        assert_eq!(Response::decode(&a.encode().unwrap()).unwrap(), a);
+        assert!(matches!(
+            Response::decode(&Response::Location(Some(off)).encode().unwrap()),
+            Err(ProtoError::Invalid(_))
+        ));
     }
 
     proptest! {

@@ -525,6 +525,41 @@ pub struct RelayTotals {
     pub bytes: u64,
 }
 
+/// The location of a location message (`loc/<message id>`), beside its [`MessageRecord`]:
+/// one-off, or live (the latest update of the share that message started).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocationRecord {
+    /// The message's id (for a live location, the share's).
+    pub id: [u8; 16],
+    /// The conversation (E.164).
+    pub peer: String,
+    pub direction: Direction,
+    /// The latest position; `live_until_ms` is the share's end, fixed when it started.
+    pub location: crate::proto::Location,
+    /// When the latest position was sent (sender's clock).
+    pub updated_at_ms: u64,
+    /// Number of the latest update (0: the first position).
+    pub updates: u64,
+    /// The sender ended the share before it expired (`location stop`).
+    pub stopped: bool,
+}
+
+impl LocationRecord {
+    /// Whether the location is live (updates may still follow) at `now_ms`: a live share that
+    /// was not stopped and has not expired.
+    pub fn is_live(&self, now_ms: u64) -> bool {
+        !self.stopped && self.location.live_until_ms.is_some_and(|u| now_ms < u)
+    }
+}
+
+/// The device's own position (`location set`): what a live share sends at each update and
+/// what `nearby` measures from (key `position`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PositionRecord {
+    pub location: crate::proto::Location,
+    pub set_at_ms: u64,
+}
+
 #[cfg(test)]
 mod relay_envelope_tests {
     use super::*;

@@ -57,6 +57,8 @@ fn engine_kind(e: &instaconnect_core::engine::Event) -> &'static str {
         E::AttachmentSendProgress { .. } => "attachment_send_progress",
         E::AttachmentDelivered { .. } => "attachment_delivered",
         E::AttachmentRefused { .. } => "attachment_refused",
+        E::LocationUpdated { .. } => "location_updated",
+        E::LocationEnded { .. } => "location_ended",
     }
 }
 

@@ -136,7 +136,10 @@ async fn serve(
         db.clone(),
         blobs,
         config.network.clone(),
-        config.attachments.limits(),
+        network::EngineSettings {
+            limits: config.attachments.limits(),
+            live_interval_ms: config.location.live_interval_ms,
+        },
         events,
         shutdown.clone(),
         driver,

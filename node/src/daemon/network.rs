@@ -22,12 +22,18 @@ use super::shutdown::Shutdown;
 use super::{Db, DriverSlot};
 use crate::config::NetworkConfig;
 
+/// What the node's config sets in its engine.
+pub struct EngineSettings {
+    pub limits: AttachmentLimits,
+    pub live_interval_ms: u64,
+}
+
 /// Runs the network side of the node until shutdown. An error ends the whole daemon (exit 1).
 pub async fn run(
     db: Db,
     blobs: Arc<instaconnect_store::DirBlobs>,
     config: NetworkConfig,
-    limits: AttachmentLimits,
+    settings: EngineSettings,
     events: Events,
     mut shutdown: Shutdown,
     slot: DriverSlot,
@@ -71,9 +77,10 @@ pub async fn run(
     rand::rngs::OsRng.fill_bytes(&mut rng_seed);
     let mut engine = Engine::new(store, rng_seed)
         .context("cannot start the messaging engine")?
-        .with_blobs(blobs);
+        .with_blobs(blobs)
+        .with_live_interval(settings.live_interval_ms);
     engine
-        .set_attachment_limits(limits)
+        .set_attachment_limits(settings.limits)
         .context("cannot set the attachment limits")?;
     let (handle, task) =
         driver::spawn_with_relays(engine, net.clone(), net_events, links, shutdown.watch());
