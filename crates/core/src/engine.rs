@@ -681,6 +681,38 @@ fn earliest(a: Option<u64>, b: Option<u64>) -> Option<u64> {
     }
 }
 
+/// A message that arrived from the contact `phone`, delivered (its place in the conversation is
+/// set when it is shown).
+fn incoming(
+    id: [u8; 16],
+    phone: &str,
+    text: String,
+    sent_at_ms: u64,
+    now_ms: u64,
+) -> MessageRecord {
+    MessageRecord {
+        id,
+        peer: phone.to_string(),
+        seq: 0,
+        direction: Direction::Incoming,
+        text,
+        sent_at_ms,
+        stored_at_ms: now_ms,
+        state: DeliveryState::Delivered,
+    }
+}
+
+/// A new outbox entry `id` carrying an encoded payload to `peer`, due at once.
+fn payload_entry(id: [u8; 16], peer: &str, payload: Vec<u8>, now_ms: u64) -> OutboxEntry {
+    OutboxEntry {
+        id,
+        peer_id: peer.to_string(),
+        payload: OutboxPayload::Payload(payload),
+        attempts: 0,
+        next_attempt_ms: now_ms,
+    }
+}
+
 fn hex(id: &[u8; 16]) -> String {
     id.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -2154,16 +2186,7 @@ impl Engine {
         let mut ops = Vec::new();
         match payload {
             Payload::Text { text, n } => {
-                let message = MessageRecord {
-                    id,
-                    peer: contact.phone.clone(),
-                    seq: 0,
-                    direction: Direction::Incoming,
-                    text,
-                    sent_at_ms,
-                    stored_at_ms: now_ms,
-                    state: DeliveryState::Delivered,
-                };
+                let message = incoming(id, &contact.phone, text, sent_at_ms, now_ms);
                 self.receive_text(message, n, ops, now_ms)?;
             }
             Payload::Read { ids } => {

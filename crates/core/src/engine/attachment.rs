@@ -260,13 +260,7 @@ impl Engine {
             n: conv.sent_n,
         }
         .encode()?;
-        let entry = OutboxEntry {
-            id,
-            peer_id: peer.clone(),
-            payload: OutboxPayload::Payload(payload),
-            attempts: 0,
-            next_attempt_ms: now_ms,
-        };
+        let entry = payload_entry(id, &peer, payload, now_ms);
         let count = manifest.chunks.len();
         let record = AttachmentRecord {
             id,
@@ -309,16 +303,13 @@ impl Engine {
         }
         let mut ops = ops;
         let (name, size) = (manifest.name.clone(), manifest.size);
-        let message = MessageRecord {
+        let message = incoming(
             id,
-            peer: contact.phone.clone(),
-            seq: 0,
-            direction: Direction::Incoming,
-            text: manifest.caption.clone().unwrap_or_default(),
+            &contact.phone,
+            manifest.caption.clone().unwrap_or_default(),
             sent_at_ms,
-            stored_at_ms: now_ms,
-            state: DeliveryState::Delivered,
-        };
+            now_ms,
+        );
         ops.push(Op::PutAttachment(AttachmentRecord {
             id,
             peer: contact.phone.clone(),

@@ -227,13 +227,7 @@ impl Engine {
             n: conv.sent_n,
         }
         .encode()?;
-        let entry = OutboxEntry {
-            id,
-            peer_id: peer.clone(),
-            payload: OutboxPayload::Payload(payload),
-            attempts: 0,
-            next_attempt_ms: now_ms,
-        };
+        let entry = payload_entry(id, &peer, payload, now_ms);
         let order = msg.seq + 1;
         ops.extend([
             Op::PutMessage(msg),
@@ -432,16 +426,13 @@ impl Engine {
         mut ops: Vec<Op>,
         now_ms: u64,
     ) -> Result<bool> {
-        let message = MessageRecord {
+        let message = incoming(
             id,
-            peer: contact.phone.clone(),
-            seq: 0,
-            direction: Direction::Incoming,
-            text: location_text(&location),
+            &contact.phone,
+            location_text(&location),
             sent_at_ms,
-            stored_at_ms: now_ms,
-            state: DeliveryState::Delivered,
-        };
+            now_ms,
+        );
         ops.push(Op::PutLocation(LocationRecord {
             id,
             peer: contact.phone.clone(),
@@ -537,16 +528,7 @@ impl Engine {
         ops.push(Op::MarkForwarded(id));
         match content {
             ForwardedContent::Text(text) => {
-                let message = MessageRecord {
-                    id,
-                    peer: contact.phone.clone(),
-                    seq: 0,
-                    direction: Direction::Incoming,
-                    text,
-                    sent_at_ms,
-                    stored_at_ms: now_ms,
-                    state: DeliveryState::Delivered,
-                };
+                let message = incoming(id, &contact.phone, text, sent_at_ms, now_ms);
                 self.receive_text(message, n, ops, now_ms)?;
                 Ok(true)
             }
@@ -658,13 +640,7 @@ impl Engine {
             n: conv.sent_n,
         }
         .encode()?;
-        let entry = OutboxEntry {
-            id,
-            peer_id: peer.clone(),
-            payload: OutboxPayload::Payload(payload),
-            attempts: 0,
-            next_attempt_ms: now_ms,
-        };
+        let entry = payload_entry(id, &peer, payload, now_ms);
         let order = msg.seq + 1;
         ops.extend([
             Op::PutMessage(msg),
